@@ -1,0 +1,119 @@
+"""The ``tlrun`` command: Hydra composes the config, ``tlrun.runner`` runs it.
+
+Kept light on purpose (no torch import at module top): ``tlrun --help``, ``--cfg job`` and tab
+completion answer quickly. Command-line overrides are checked against the schema *before* Hydra
+creates a run folder, so a typo costs one clear line and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from tlrun.errors import TlrunError
+
+CONFIG_NAME = "config"
+# Flags after which tlrun only inspects configs: no run folder is made.
+_INSPECT_FLAGS = ("--shell-completion", "-sc", "--info", "-i", "--hydra-help", "--version")
+
+
+def debug_mode() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TLRUN_DEBUG") == "1"
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"tlrun: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def group_options(group: str) -> list[str]:
+    """Options of a config group: YAML files in tlrun.conf/<group> plus ConfigStore entries."""
+    from importlib.resources import files
+
+    from hydra.core.config_store import ConfigStore
+
+    names = set()
+    folder = files("tlrun.conf").joinpath(group)
+    if folder.is_dir():
+        names |= {entry.name.rsplit(".", 1)[0] for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    stored = ConfigStore.instance().repo.get(group, {})
+    names |= {name.rsplit(".", 1)[0] for name in stored if isinstance(name, str) and name.endswith(".yaml")}
+    return sorted(names)
+
+
+def _override_values(override: Any) -> list[Any]:
+    """The concrete values of an override: one, or each element of a choice sweep."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(override.value(), ChoiceSweep):
+        return list(override.sweep_iterator())
+    if override.is_sweep_override():
+        return []  # range/interval sweeps: Hydra checks the generated values
+    return [override.value()]
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Reject unknown keys, unknown group options and invalid values with one line."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from tlrun.config import GROUPS, OVERLAY_GROUPS, check_value, schema_field
+    from tlrun.errors import ConfigError
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse override: {str(exc).splitlines()[0]}") from None
+    for override in parsed:
+        key = override.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
+            continue
+        if key in GROUPS or key in OVERLAY_GROUPS:
+            options = group_options(key)
+            for value in _override_values(override):
+                if value is None and key in OVERLAY_GROUPS:
+                    continue
+                if str(value) not in options:
+                    close = difflib.get_close_matches(str(value), options, n=3)
+                    hint = f"did you mean {' or '.join(close)}? " if close else ""
+                    raise ConfigError(f"unknown option {key}={value}: {hint}valid options: {', '.join(options)}")
+            continue
+        if "/" in key:
+            raise ConfigError(f"unknown config group '{key}'; groups: {', '.join(GROUPS + OVERLAY_GROUPS)}")
+        field = schema_field(key)
+        for value in _override_values(override):
+            check_value(key, field, value)
+
+
+def _run_task(cfg: Any) -> Any:
+    from tlrun.runner import run_job
+
+    return run_job(cfg)
+
+
+def main() -> None:
+    """Console entry point (``tlrun``)."""
+    import hydra
+    from hydra._internal.utils import get_args_parser
+
+    from tlrun.config import register_configs
+
+    register_configs()
+    argv = sys.argv[1:]
+    if not any(flag in argv for flag in _INSPECT_FLAGS):
+        try:
+            args = get_args_parser().parse_args(argv)
+            check_overrides(args.overrides)
+        except TlrunError as exc:
+            if debug_mode():
+                raise
+            fail(str(exc), exc.exit_code)
+    # Hydra records the task's module for the config search path: keep it tlrun.cli.
+    hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG_NAME)(_run_task)()
+
+
+if __name__ == "__main__":
+    main()

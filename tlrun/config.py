@@ -1,0 +1,252 @@
+"""Typed schema of a tlrun run, registered in Hydra's ConfigStore.
+
+Every composed config is merged onto these dataclasses, so Hydra rejects unknown keys and wrong
+types for plain overrides. ``validate_config`` re-checks the composed result (``+key=...`` slips
+past Hydra's struct check) and the value ranges/choices that types alone cannot express.
+
+This module must stay light: ``tlrun --help`` and tab completion import it (no torch here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from tlrun.errors import ConfigError
+
+# Config groups that compose a run. Each mirrors a module of the package.
+GROUPS = ("model", "freeze", "adaptation", "distill", "data", "device")
+# Groups with no default that only layer overrides on top (``# @package _global_`` files).
+OVERLAY_GROUPS = ("experiment",)
+
+
+def choice(default: Any, choices: tuple, help: str = "") -> Any:
+    """A field restricted to ``choices`` (checked by ``validate_config``)."""
+    return field(default=default, metadata={"choices": choices, "help": help})
+
+
+def bounded(default: Any, low: Optional[float] = None, high: Optional[float] = None,
+            low_open: bool = False, help: str = "") -> Any:
+    """A numeric field with an allowed range (checked by ``validate_config``)."""
+    return field(default=default, metadata={"low": low, "high": high, "low_open": low_open,
+                                            "help": help})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mobilenet_v2"
+    # "DEFAULT", an enum member name such as "IMAGENET1K_V1", or null for random init.
+    weights: Optional[str] = "DEFAULT"
+    weights_path: Optional[str] = None
+
+
+@dataclass
+class FreezeConfig:
+    strategy: str = choice("none", ("none", "all", "partial", "early", "discriminative"))
+    # partial: how many of the last stages train (a stage = blocks at one feature resolution).
+    trainable_stages: int = bounded(1, low=1)
+    # discriminative: lr of stage k below the head = lr / lr_decay**k (ULMFiT uses 2.6).
+    lr_decay: float = bounded(2.6, low=1.0)
+    # Frozen BatchNorm layers keep their ImageNet statistics (eval mode) unless this is true.
+    train_frozen_bn: bool = False
+
+
+@dataclass
+class AdaptationConfig:
+    method: str = choice("none", ("none",))
+
+
+@dataclass
+class DistillConfig:
+    method: str = choice("none", ("none",))
+
+
+@dataclass
+class AugmentConfig:
+    random_resized_crop: bool = False
+    crop_scale_min: float = bounded(0.6, low=0.01, high=1.0)
+    hflip: bool = False
+    vflip: bool = False
+    rotation: float = bounded(0.0, low=0.0, high=180.0)
+    color_jitter: float = bounded(0.0, low=0.0)
+    auto: str = choice("none", ("none", "trivial", "rand"))
+    random_erasing: float = bounded(0.0, low=0.0, high=1.0)
+    mixup_alpha: float = bounded(0.0, low=0.0)
+    cutmix_alpha: float = bounded(0.0, low=0.0)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: Optional[str] = None
+    # Fractions for train/val/test when the source has no fixed split (stratified, seeded).
+    split: List[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    # Input size fed to the model; null follows the weights' own transforms (e.g. 224).
+    image_size: Optional[int] = None
+    resize_size: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    # Cap on training images per class (quick experiments, few-shot, tests); null = all.
+    max_per_class: Optional[int] = None
+    bad_images: str = choice("error", ("error", "skip"))
+    cache_dir: Optional[str] = None  # built datasets are cached here; null = ~/.cache/tlrun
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class DeviceConfig:
+    type: str = choice("auto", ("auto", "cpu", "cuda", "mps"))
+    num_workers: int = bounded(0, low=0)
+    threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch's default
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # epochs without val improvement; null = off
+    min_delta: float = bounded(0.0, low=0.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = bounded(4, low=1)
+    batch_size: int = bounded(64, low=1)
+    eval_batch_size: int = bounded(256, low=1)
+    lr: float = bounded(3e-3, low=0.0, low_open=True)
+    optimizer: str = choice("adamw", ("sgd", "adam", "adamw"))
+    momentum: float = bounded(0.9, low=0.0, high=1.0)
+    weight_decay: float = bounded(1e-4, low=0.0)
+    scheduler: str = choice("cosine", ("none", "cosine", "step", "onecycle"))
+    warmup_epochs: float = bounded(0.0, low=0.0)
+    step_size: int = bounded(10, low=1)  # scheduler=step: epochs between decays
+    gamma: float = bounded(0.1, low=0.0, low_open=True)  # scheduler=step: decay factor
+    label_smoothing: float = bounded(0.0, low=0.0, high=1.0)
+    grad_clip: Optional[float] = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    progress: str = choice("auto", ("auto", "rich", "plain", "none"))
+
+
+@dataclass
+class TlrunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+SCHEMA_NAME = "tlrun_schema"
+
+
+def register_configs() -> None:
+    """Register the schema and the generated group options in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from tlrun.models.catalog import MODEL_DEFAULTS
+
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=TlrunConfig)
+    # One option per known model name, so `model=<any torchvision classifier>` composes
+    # (and tab-completes) without a YAML file per architecture.
+    for name, overrides in MODEL_DEFAULTS.items():
+        store.store(group="model", name=name, node=ModelConfig(name=name, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _fields(schema: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def _nested_schema(f: dataclasses.Field) -> Optional[type]:
+    default_factory = f.default_factory  # type: ignore[misc]
+    if default_factory is not dataclasses.MISSING:
+        made = default_factory()
+        if dataclasses.is_dataclass(made):
+            return type(made)
+    return None
+
+
+def schema_field(key: str, schema: type = TlrunConfig) -> dataclasses.Field:
+    """Field of a dotted key such as ``train.epochs``; ConfigError naming close matches if unknown."""
+    parts = key.split(".")
+    current = schema
+    for depth, part in enumerate(parts):
+        known = _fields(current)
+        if part not in known:
+            prefix = ".".join(parts[:depth])
+            candidates = [f"{prefix}.{k}" if prefix else k for k in known]
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            where = f"'{prefix}'" if prefix else "the config"
+            raise ConfigError(f"unknown key '{key}': {hint}valid keys in {where}: "
+                              f"{', '.join(sorted(known))}")
+        f = known[part]
+        if depth == len(parts) - 1:
+            return f
+        nested = _nested_schema(f)
+        if nested is None:
+            raise ConfigError(f"unknown key '{key}': '{'.'.join(parts[:depth + 1])}' is a value, "
+                              "not a section")
+        current = nested
+    raise AssertionError("unreachable")
+
+
+def check_value(key: str, f: dataclasses.Field, value: Any) -> None:
+    """Raise ConfigError if ``value`` breaks the field's choices or range."""
+    meta = f.metadata
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"invalid value for {key}: {value!r}; valid choices: "
+                          f"{', '.join(map(str, meta['choices']))}")
+    low, high = meta.get("low"), meta.get("high")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if low is not None and (value < low or (meta.get("low_open") and value == low)):
+        op = ">" if meta.get("low_open") else ">="
+        raise ConfigError(f"invalid value for {key}: {value}; it must be {op} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"invalid value for {key}: {value}; it must be <= {high}")
+
+
+def validate_config(cfg: DictConfig, schema: type = TlrunConfig, prefix: str = "") -> None:
+    """Check a composed run config against the schema: unknown keys, choices and ranges."""
+    known = _fields(schema)
+    for key in cfg.keys():
+        if not prefix and key == "hydra":
+            continue
+        full_key = f"{prefix}{key}"
+        f = schema_field(full_key)  # raises with a suggestion for unknown keys
+        nested = _nested_schema(f)
+        node = cfg._get_node(key)  # type: ignore[attr-defined]
+        if nested is not None:
+            if not isinstance(node, DictConfig):
+                raise ConfigError(f"invalid value for {full_key}: expected a section of keys")
+            validate_config(node, nested, prefix=f"{full_key}.")
+            continue
+        if isinstance(node, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(node, resolve=True)
+        else:
+            value = cfg[key]
+        check_value(full_key, known[str(key)], value)
+    if not prefix:
+        validate_combinations(cfg)
+
+
+def validate_combinations(cfg: DictConfig) -> None:
+    """Checks that involve several keys."""
+    split = list(cfg.data.split)
+    if len(split) not in (2, 3) or any(s < 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise ConfigError(f"invalid value for data.split: {split}; give 3 fractions "
+                          "(train, val, test) that sum to 1, e.g. data.split=[0.7,0.15,0.15]")
+    if cfg.data.mean is not None and cfg.data.std is not None and len(cfg.data.mean) != len(cfg.data.std):
+        raise ConfigError("data.mean and data.std must have the same length")

@@ -1,0 +1,1 @@
+"""Datasets by name, splits, transforms and loaders."""

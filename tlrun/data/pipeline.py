@@ -1,0 +1,216 @@
+"""From a dataset name to seeded splits, transforms and DataLoaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.transforms import InterpolationMode, v2
+
+from tlrun.data.sources import DataRequest, ImageSet, SourceData, default_cache_dir, load_source
+from tlrun.errors import DataError
+from tlrun.models.factory import Preprocess
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageGeometry:
+    """Final input size and normalisation of a run (weights' defaults, data.* overrides)."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def resolve(cls, preprocess: Preprocess, data_cfg: DictConfig) -> "ImageGeometry":
+        if data_cfg.image_size is not None:
+            crop = int(data_cfg.image_size)
+            resize = int(data_cfg.resize_size or crop)
+        else:
+            crop, resize = preprocess.crop_size, int(data_cfg.resize_size or preprocess.resize_size)
+        return cls(crop, resize, tuple(data_cfg.mean or preprocess.mean), tuple(data_cfg.std or preprocess.std),
+                   preprocess.interpolation)
+
+
+@dataclass
+class RunData:
+    name: str
+    classes: list[str]
+    splits: dict[str, ImageSet]
+    description: str
+
+    def split_table(self) -> pd.DataFrame:
+        rows = [(split, sample_id, int(label), self.classes[int(label)])
+                for split in SPLITS for sample_id, label in zip(self.splits[split].ids, self.splits[split].labels)]
+        return pd.DataFrame(rows, columns=["split", "sample", "label", "class"])
+
+
+# --- splitting -----------------------------------------------------------------------------------
+
+def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, taken) with ``fraction`` of the samples taken, stratified when possible."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    try:
+        kept, taken = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError:  # a class too small to appear in both parts
+        log.warning("Some classes have too few images to stratify; splitting at random")
+        kept, taken = train_test_split(index, test_size=fraction, random_state=seed)
+    return np.sort(kept), np.sort(taken)
+
+
+def cap_per_class(images: ImageSet, max_per_class: Optional[int], seed: int) -> ImageSet:
+    if max_per_class is None:
+        return images
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(images.labels):
+        members = np.flatnonzero(images.labels == label)
+        keep.extend(rng.permutation(members)[:max_per_class])
+    return images.subset(sorted(keep))
+
+
+def make_splits(source: SourceData, fractions: list[float], seed: int,
+                max_per_class: Optional[int] = None) -> dict[str, ImageSet]:
+    """train/val/test, fixed by ``seed``; fixed parts of the source are kept as they are."""
+    parts = {k: cap_per_class(v, max_per_class, seed) for k, v in source.parts.items()}
+    f_train, f_val, f_test = fractions
+    if "all" in parts:
+        pool = parts["all"]
+        rest, test = _stratified(pool.labels, f_test, seed)
+        train, val = _stratified(pool.labels[rest], f_val / (f_train + f_val), seed)
+        return {"train": pool.subset(rest[train]), "val": pool.subset(rest[val]), "test": pool.subset(test)}
+    splits = dict(parts)
+    for missing, fraction in (("test", f_test), ("val", f_val)):
+        if missing not in splits:
+            train = splits["train"]
+            kept, taken = _stratified(train.labels, fraction / (f_train + fraction), seed)
+            log.info("No %s part in the data: %d training images are held out as %s", missing, len(taken), missing)
+            splits["train"], splits[missing] = train.subset(kept), train.subset(taken)
+    return splits
+
+
+# --- transforms ----------------------------------------------------------------------------------
+
+def build_transform(geometry: ImageGeometry, augment: Optional[DictConfig], train: bool) -> v2.Compose:
+    """uint8 C×H×W tensor → normalised float tensor. Augmentations only when ``train``."""
+    interpolation = InterpolationMode(geometry.interpolation)
+    steps: list[Callable] = []
+    if train and augment is not None and augment.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(geometry.crop_size, scale=(augment.crop_scale_min, 1.0),
+                                          interpolation=interpolation, antialias=True))
+    else:
+        steps += [v2.Resize(geometry.resize_size, interpolation=interpolation, antialias=True),
+                  v2.CenterCrop(geometry.crop_size)]
+    if train and augment is not None:
+        if augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if augment.vflip:
+            steps.append(v2.RandomVerticalFlip())
+        if augment.rotation > 0:
+            steps.append(v2.RandomRotation(augment.rotation))
+        if augment.color_jitter > 0:
+            strength = augment.color_jitter
+            steps.append(v2.ColorJitter(strength, strength, strength, min(0.5, strength / 4)))
+        if augment.auto == "trivial":
+            steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+        elif augment.auto == "rand":
+            steps.append(v2.RandAugment(interpolation=interpolation))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(geometry.mean), list(geometry.std))]
+    if train and augment is not None and augment.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=augment.random_erasing))
+    return v2.Compose(steps)
+
+
+def is_deterministic(augment: DictConfig) -> bool:
+    """True when training images go through no random transform (cacheable features/logits)."""
+    return not (augment.random_resized_crop or augment.hflip or augment.vflip or augment.rotation > 0
+                or augment.color_jitter > 0 or augment.auto != "none" or augment.random_erasing > 0
+                or augment.mixup_alpha > 0 or augment.cutmix_alpha > 0)
+
+
+def decode_image(path: Path) -> torch.Tensor:
+    """A file as a uint8 3×H×W tensor; a decode failure names the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return v2.functional.pil_to_tensor(image.convert("RGB"))
+    except Exception as exc:
+        raise DataError(f"cannot decode image {path} ({type(exc).__name__}); fix or delete it, "
+                        "or set data.bad_images=skip") from exc
+
+
+class ImageDataset(Dataset):
+    """Items are (normalised image tensor, label)."""
+
+    def __init__(self, images: ImageSet, transform: Callable) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def raw(self, index: int) -> torch.Tensor:
+        if self.images.pixels is not None:
+            image = self.images.pixels[index]
+        else:
+            image = decode_image(self.images.paths[index])
+        return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+    def __getitem__(self, index: int):
+        return self.transform(self.raw(index)), int(self.images.labels[index])
+
+
+def batch_mixer(augment: DictConfig, num_classes: int) -> Optional[Callable]:
+    """MixUp/CutMix on whole batches (labels become class probabilities)."""
+    mixers = []
+    if augment.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=augment.mixup_alpha, num_classes=num_classes))
+    if augment.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=augment.cutmix_alpha, num_classes=num_classes))
+    if not mixers:
+        return None
+    mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+    return lambda batch: mixer(*default_collate(batch))
+
+
+def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,
+                  root: Optional[str] = None) -> RunData:
+    """Load dataset ``name`` (default: data.name from data.root) and split it for this run."""
+    if name is None:
+        name, root = data_cfg.name, data_cfg.root
+    request = DataRequest(name=name, root=root,
+                          cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
+                          bad_images=data_cfg.bad_images)
+    source = load_source(request)
+    splits = make_splits(source, list(data_cfg.split), seed, data_cfg.max_per_class)
+    for split in SPLITS:
+        if len(splits[split]) == 0:
+            raise DataError(f"the {split} split of {name} is empty; use more images or change data.split")
+    log.info("Data %s: %s; %d classes; train/val/test = %d/%d/%d", name, source.description,
+             len(source.classes), *(len(splits[s]) for s in SPLITS))
+    return RunData(name, source.classes, splits, source.description)
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0,
+                collate: Optional[Callable] = None, pin_memory: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator if train else None,
+                      num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0,
+                      # A last batch of one image breaks BatchNorm in training.
+                      drop_last=train and len(dataset) > batch_size)

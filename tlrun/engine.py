@@ -1,0 +1,277 @@
+"""The one training engine every pipeline runs: epochs, evaluation, early stopping, checkpoints,
+history and progress. Pipelines differ only in the ``TrainStep`` they plug in (and optional
+per-epoch extra metrics)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tlrun.checkpoint import capture_rng, save_atomic
+from tlrun.freeze import FreezePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what is back-propagated
+    logits: torch.Tensor  # source/class logits of the labelled batch, for train accuracy
+    targets: torch.Tensor  # hard labels of that batch
+    logs: dict[str, float] = field(default_factory=dict)  # extra scalars averaged per epoch
+
+
+class TrainStep(Protocol):
+    def __call__(self, batch: Any, progress: float) -> StepOutput:
+        """One optimisation step's forward pass; ``progress`` runs from 0 to 1 over training."""
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    targets: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_acc: float
+    last_val_acc: float
+    epochs_run: int
+    stopped_early: bool
+    history: pd.DataFrame
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices from labels that may be MixUp/CutMix probabilities."""
+    return targets.argmax(dim=1) if targets.dim() == 2 else targets
+
+
+class ClassificationStep:
+    """Cross-entropy on labelled batches: the fine-tuning step."""
+
+    def __init__(self, model: nn.Module, device: torch.device, label_smoothing: float = 0.0) -> None:
+        self.model = model
+        self.device = device
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def __call__(self, batch: Any, progress: float) -> StepOutput:
+        images, targets = batch
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        logits = self.model(images)
+        return StepOutput(self.criterion(logits, targets), logits, hard_labels(targets))
+
+
+def lr_multiplier(kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int,
+                  step_size_epochs: int = 10, gamma: float = 0.1) -> Callable[[int], float]:
+    """Per-iteration learning-rate factor for LambdaLR (applies to every parameter group)."""
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if kind == "onecycle":
+            peak = max(1, warmup_steps or int(0.3 * total_steps))
+            if step < peak:
+                return 0.04 + 0.96 * 0.5 * (1 - math.cos(math.pi * step / peak))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - peak) / max(1, total_steps - peak))))
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "cosine":
+            done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        if kind == "step":
+            return gamma ** (step // max(1, step_size_epochs * steps_per_epoch))
+        return 1.0
+
+    return factor
+
+
+class Progress:
+    """A rich progress bar on a terminal, one plain line per epoch elsewhere (logs, CI, SLURM)."""
+
+    def __init__(self, mode: str, total_epochs: int, steps_per_epoch: int) -> None:
+        if mode == "auto":
+            mode = "rich" if sys.stderr.isatty() else "plain"
+        self.mode = mode
+        self.bar = None
+        if mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("[bold]epoch {task.fields[epoch]}/" + str(total_epochs)),
+                                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                    TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=steps_per_epoch, epoch=1, status="")
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.task, epoch=epoch, status="")
+
+    def step(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, status=f"loss {loss:.4f}")
+
+    def end_epoch(self, row: dict) -> None:
+        if self.mode == "none":
+            return
+        extras = "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+                           if k not in ("epoch", "lr", "epoch_time_s") and isinstance(v, float) and not math.isnan(v))
+        message = f"epoch {row['epoch']}: {extras}  ({row['epoch_time_s']:.1f}s)"
+        if self.bar is not None:
+            self.bar.console.print(message)
+        else:
+            log.info(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class Engine:
+    """Trains ``model`` with ``step`` and keeps the run folder's history and checkpoints."""
+
+    def __init__(self, *, model: nn.Module, step: TrainStep, optimizer: torch.optim.Optimizer,
+                 train_loader: Iterable, val_loader: DataLoader, device: torch.device, run_dir: Path,
+                 epochs: int, steps_per_epoch: Optional[int] = None, scheduler: str = "cosine",
+                 warmup_epochs: float = 0.0, step_size: int = 10, gamma: float = 0.1,
+                 grad_clip: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
+                 freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
+                 epoch_metrics: Optional[Callable[[int], dict[str, float]]] = None,
+                 checkpoint_extra: Optional[dict] = None) -> None:
+        self.model, self.step, self.optimizer = model, step, optimizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device, self.run_dir, self.epochs = device, Path(run_dir), epochs
+        self.steps_per_epoch = steps_per_epoch or len(train_loader)  # type: ignore[arg-type]
+        total = self.steps_per_epoch * epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
+            scheduler, total, self.steps_per_epoch, int(warmup_epochs * self.steps_per_epoch), step_size, gamma))
+        self.grad_clip, self.patience, self.min_delta = grad_clip, patience, min_delta
+        self.freeze_plan = freeze_plan
+        self.progress_mode = progress
+        self.epoch_metrics = epoch_metrics
+        self.checkpoint_extra = checkpoint_extra or {}
+        self.history: list[dict] = []
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, loader: DataLoader) -> EvalResult:
+        self.model.eval()
+        losses, targets, probabilities = [], [], []
+        for images, labels in loader:
+            logits = self.model(images.to(self.device, non_blocking=True)).float()
+            labels = labels.to(self.device, non_blocking=True)
+            losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
+            targets.append(labels.cpu())
+            probabilities.append(logits.softmax(dim=1).cpu())
+        y = torch.cat(targets).numpy()
+        p = torch.cat(probabilities).numpy()
+        predictions = p.argmax(axis=1)
+        return EvalResult(sum(losses) / max(1, len(y)), float((predictions == y).mean()) if len(y) else float("nan"),
+                          y, predictions, p)
+
+    # -- training ------------------------------------------------------------------------------
+    def _set_train_mode(self) -> None:
+        if self.freeze_plan is not None:
+            self.freeze_plan.set_train_mode(self.model)
+        else:
+            self.model.train()
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+        self._set_train_mode()
+        loss_sum, correct, seen = 0.0, 0, 0
+        extra_sums: dict[str, float] = {}
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        iterator = iter(self.train_loader)
+        for index in range(self.steps_per_epoch):
+            batch = next(iterator)
+            done = ((epoch - 1) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
+            out = self.step(batch, done)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = len(out.targets)
+            loss_sum += out.loss.item() * n
+            correct += (out.logits.argmax(dim=1) == out.targets).sum().item()
+            seen += n
+            for key, value in out.logs.items():
+                extra_sums[key] = extra_sums.get(key, 0.0) + float(value) * n
+            progress.step(out.loss.item())
+        metrics = {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
+        metrics.update({k: v / max(1, seen) for k, v in extra_sums.items()})
+        return metrics
+
+    def _checkpoint_state(self, epoch: int, best: dict) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": capture_rng(), "best": dict(best),
+                "history": list(self.history), **self.checkpoint_extra}
+
+    def fit(self) -> FitResult:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
+        progress = Progress(self.progress_mode, self.epochs, self.steps_per_epoch)
+        stopped_early = False
+        try:
+            for epoch in range(1, self.epochs + 1):
+                progress.start_epoch(epoch)
+                started = time.perf_counter()
+                train_metrics = self._train_epoch(epoch, progress)
+                lr = self.optimizer.param_groups[-1]["lr"]
+                val = self.evaluate(self.val_loader)
+                row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
+                       "val_loss": val.loss, "val_acc": val.acc, "lr": lr}
+                row.update(train_metrics)
+                if self.epoch_metrics is not None:
+                    row.update(self.epoch_metrics(epoch))
+                row["epoch_time_s"] = time.perf_counter() - started
+                self.history.append(row)
+                self.write_history()
+                improved = val.acc > best["val_acc"] + self.min_delta
+                if improved:
+                    best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0)
+                else:
+                    best["stale"] += 1
+                state = self._checkpoint_state(epoch, best)
+                save_atomic(state, self.checkpoint_dir / "last.pt")
+                if improved:
+                    save_atomic(state, self.checkpoint_dir / "best.pt")
+                progress.end_epoch(row)
+                if self.patience is not None and best["stale"] >= self.patience:
+                    log.info("Early stopping: val_acc has not improved for %d epochs", self.patience)
+                    stopped_early = True
+                    break
+        finally:
+            progress.close()
+        return FitResult(best["epoch"], best["val_acc"], self.history[-1]["val_acc"], len(self.history),
+                         stopped_early, pd.DataFrame(self.history))
+
+    def write_history(self) -> None:
+        path = self.run_dir / "ft_history.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        pd.DataFrame(self.history).to_csv(tmp, index=False)
+        tmp.replace(path)
+
+    def load_best(self) -> None:
+        """Restore the weights of the best validation epoch."""
+        state = torch.load(self.checkpoint_dir / "best.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])

@@ -1,0 +1,208 @@
+"""Freeze strategies and discriminative learning rates (ULMFiT, Howard & Ruder 2018).
+
+A backbone is cut into *stages*: consecutive blocks that produce features at one spatial
+resolution (ResNet: stem, layer1..layer4; MobileNetV2: the stride-2/4/8/16/32 groups; VGG: the
+conv blocks between pools). The stages come from one probe forward pass, so the same rule serves
+every CNN; backbones whose blocks all share a resolution (ViT) are split into four equal groups.
+
+- ``none``: everything trains.
+- ``all``: linear probe, only the new head trains.
+- ``partial``: the last ``trainable_stages`` stages and the head train.
+- ``early``: the first half of the stages is frozen.
+- ``discriminative``: everything trains; the head gets ``lr``, the stage k below it ``lr / decay**k``.
+
+Frozen modules stay in eval mode during training (BatchNorm statistics and dropout are the
+pretrained network's) unless ``train_frozen_bn`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from tlrun.errors import ConfigError
+
+FALLBACK_GROUPS = 4  # stages for backbones whose blocks share one resolution (transformers)
+MIN_BLOCKS = 4  # expand containers until the backbone has at least this many blocks
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def backbone_blocks(model: nn.Module, head_name: str) -> list[str]:
+    """Names of the backbone's blocks in forward order (the head excluded)."""
+    def children_of(prefix: str) -> list[str]:
+        module = model.get_submodule(prefix) if prefix else model
+        names = []
+        for child, _ in module.named_children():
+            full = f"{prefix}.{child}" if prefix else child
+            if full == head_name:
+                continue
+            if head_name.startswith(full + "."):
+                names.extend(children_of(full))  # the container that holds the head
+            else:
+                names.append(full)
+        return names
+
+    blocks = children_of("")
+    # ModuleList/ModuleDict are never called as a whole: their items are the blocks.
+    while any(isinstance(model.get_submodule(b), (nn.ModuleList, nn.ModuleDict)) for b in blocks):
+        at = next(i for i, b in enumerate(blocks)
+                  if isinstance(model.get_submodule(b), (nn.ModuleList, nn.ModuleDict)))
+        blocks[at:at + 1] = children_of(blocks[at])
+    while sum(_param_count(model.get_submodule(b)) > 0 for b in blocks) < MIN_BLOCKS:
+        expandable = [b for b in blocks if len(children_of(b)) > 1]
+        if not expandable:
+            break
+        biggest = max(expandable, key=lambda b: _param_count(model.get_submodule(b)))
+        at = blocks.index(biggest)
+        blocks[at:at + 1] = children_of(biggest)
+    return blocks
+
+
+def _spatial_size(output) -> int | None:
+    """Feature-map side of a block output (NCHW or NHWC from a square probe); None for vectors,
+    tokens and globally pooled 1x1 maps."""
+    if isinstance(output, (tuple, list)):
+        output = output[0] if output else None
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        return None
+    dims = list(output.shape[1:])
+    repeated = [d for d in dims if dims.count(d) >= 2 and d > 1]
+    return repeated[0] if repeated else None
+
+
+@torch.no_grad()
+def probe_sizes(model: nn.Module, blocks: list[str], image_size: int) -> dict[str, int | None]:
+    """Output feature-map side of each block for one square input.
+
+    Stages are a property of the architecture, so tiny run images (8-32 px digits) are probed at
+    128 px, where no stage has collapsed to 1x1 yet; models with a fixed input size get their own.
+    """
+    sizes: dict[str, int | None] = {}
+    hooks = [model.get_submodule(b).register_forward_hook(
+        lambda _m, _i, out, name=b: sizes.__setitem__(name, _spatial_size(out))) for b in blocks]
+    was_training = model.training
+    first_param = next(model.parameters())
+    try:
+        model.eval()
+        for size in dict.fromkeys((max(image_size, 128), image_size)):
+            try:
+                model(torch.zeros(1, 3, size, size, device=first_param.device, dtype=first_param.dtype))
+                return sizes
+            except Exception as exc:  # wrong input size for this architecture (assert or shape error)
+                error = exc
+                sizes.clear()
+        raise ConfigError(f"{type(model).__name__} cannot run on {image_size}x{image_size} inputs "
+                          f"({str(error).splitlines()[0][:100]}); set data.image_size to what the model expects")
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+
+def split_stages(model: nn.Module, blocks: list[str], image_size: int) -> list[list[str]]:
+    """Group blocks into stages by the resolution of their outputs (one probe forward)."""
+    sizes = probe_sizes(model, blocks, image_size)
+
+    stages: list[list[str]] = []
+    current_size = None
+    for block in blocks:
+        size = sizes.get(block)
+        has_params = _param_count(model.get_submodule(block)) > 0
+        starts_stage = not stages or (has_params and size is not None and size != current_size)
+        if starts_stage:
+            stages.append([block])
+            current_size = size if size is not None else current_size
+        else:
+            stages[-1].append(block)
+    if len(stages) < 3:
+        stages = _equal_groups(blocks, FALLBACK_GROUPS)
+    return stages
+
+
+def _equal_groups(blocks: list[str], groups: int) -> list[list[str]]:
+    groups = min(groups, len(blocks))
+    bounds = [round(i * len(blocks) / groups) for i in range(groups + 1)]
+    return [blocks[bounds[i]:bounds[i + 1]] for i in range(groups)]
+
+
+@dataclass
+class FreezePlan:
+    strategy: str
+    head: str
+    stages: list[list[str]]
+    frozen_stages: list[int] = field(default_factory=list)
+    lr_decay: float = 1.0
+    train_frozen_bn: bool = False
+
+    @property
+    def frozen_modules(self) -> list[str]:
+        return [b for i in self.frozen_stages for b in self.stages[i]]
+
+    def stage_of_params(self, model: nn.Module) -> dict[int, int]:
+        """id(param) -> stage index (head = len(stages)). Parameters outside every block
+        (ViT's class token and position embedding) count as the first stage."""
+        owner: dict[int, int] = {id(p): 0 for p in model.parameters()}
+        for index, stage in enumerate(self.stages):
+            for block in stage:
+                for p in model.get_submodule(block).parameters():
+                    owner[id(p)] = index
+        for p in model.get_submodule(self.head).parameters():
+            owner[id(p)] = len(self.stages)
+        return owner
+
+    def apply(self, model: nn.Module) -> None:
+        """Set requires_grad: parameters of frozen stages off, everything else on."""
+        owner = self.stage_of_params(model)
+        frozen = set(self.frozen_stages)
+        for p in model.parameters():
+            p.requires_grad_(owner[id(p)] not in frozen)
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        """model.train(), with frozen modules kept in eval mode (their BN stats must not move)."""
+        model.train()
+        for name in self.frozen_modules:
+            frozen = model.get_submodule(name)
+            frozen.eval()
+            if self.train_frozen_bn:
+                for m in frozen.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train()
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """Optimizer groups of trainable parameters; discriminative lrs decay stage by stage."""
+        owner = self.stage_of_params(model)
+        groups: dict[int, list[nn.Parameter]] = {}
+        for p in model.parameters():
+            if p.requires_grad:
+                groups.setdefault(owner[id(p)], []).append(p)
+        head_index = len(self.stages)
+        decay = self.lr_decay if self.strategy == "discriminative" else 1.0
+        return [{"params": params, "lr": lr / decay ** (head_index - index), "stage": index}
+                for index, params in sorted(groups.items())]
+
+
+def make_plan(model: nn.Module, head_name: str, strategy: str, image_size: int,
+              trainable_stages: int = 1, lr_decay: float = 2.6, train_frozen_bn: bool = False) -> FreezePlan:
+    """Decide which stages train for ``strategy`` and apply it to ``model``."""
+    stages = split_stages(model, backbone_blocks(model, head_name), image_size)
+    count = len(stages)
+    frozen = {
+        "none": [],
+        "discriminative": [],
+        "all": list(range(count)),
+        "partial": list(range(max(0, count - trainable_stages))),
+        "early": list(range(count // 2)),
+    }[strategy]
+    plan = FreezePlan(strategy, head_name, stages, frozen, lr_decay, train_frozen_bn)
+    plan.apply(model)
+    return plan
+
+
+def count_params(parameters: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in parameters)

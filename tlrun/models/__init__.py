@@ -1,0 +1,1 @@
+"""Model construction: registry, pretrained-weight resolution, head replacement."""

@@ -1,0 +1,177 @@
+"""Pieces every pipeline shares: run context, model + freeze plan, loaders, optimizer, artefacts."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import tlrun
+from tlrun.checkpoint import save_atomic
+from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform,
+                                 make_loader)
+from tlrun.engine import EvalResult, FitResult
+from tlrun.errors import ConfigError
+from tlrun.freeze import FreezePlan, count_params, make_plan
+from tlrun.models.factory import BuiltModel, build_model
+from tlrun.registry import Registry
+from tlrun.report import plot_confusion, plot_curves, print_summary, write_classification_report, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE_FORMAT = "tlrun-model/1"
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    started: float = field(default_factory=time.perf_counter)
+
+
+Pipeline = Callable[[RunContext], dict]
+PIPELINES: Registry[Pipeline] = Registry("pipeline", "adaptation=/distill=")
+
+
+@dataclass
+class PreparedModel:
+    built: BuiltModel
+    plan: FreezePlan
+    geometry: ImageGeometry
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.model
+
+
+def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictConfig] = None,
+                  freeze_cfg: Optional[DictConfig] = None) -> PreparedModel:
+    """Build the configured model with its head, pick the input geometry, apply the freeze plan."""
+    model_cfg = model_cfg or ctx.cfg.model
+    freeze_cfg = freeze_cfg or ctx.cfg.freeze
+    built = build_model(model_cfg.name, num_classes, model_cfg.weights, model_cfg.weights_path)
+    geometry = ImageGeometry.resolve(built.preprocess, ctx.cfg.data)
+    plan = make_plan(built.model, built.head_name, freeze_cfg.strategy, geometry.crop_size,
+                     trainable_stages=freeze_cfg.trainable_stages, lr_decay=freeze_cfg.lr_decay,
+                     train_frozen_bn=freeze_cfg.train_frozen_bn)
+    built.model.to(ctx.device)
+    log.info("Freeze %s: %d stages, %d frozen; %s of %s parameters train", freeze_cfg.strategy,
+             len(plan.stages), len(plan.frozen_stages),
+             f"{count_params(p for p in built.model.parameters() if p.requires_grad):,}",
+             f"{count_params(built.model.parameters()):,}")
+    return PreparedModel(built, plan, geometry)
+
+
+def make_optimizer(train_cfg: DictConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    if not param_groups:
+        raise ConfigError("no parameter is left to train; choose another freeze strategy")
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                               weight_decay=train_cfg.weight_decay, nesterov=train_cfg.momentum > 0)
+    optimizer_class = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
+@dataclass
+class Loaders:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    test: torch.utils.data.DataLoader
+
+
+def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loaders:
+    cfg = ctx.cfg
+    augment = cfg.data.augment
+    train_tf, eval_tf = build_transform(geometry, augment, train=True), build_transform(geometry, None, train=False)
+    workers, pin = cfg.device.num_workers, ctx.device.type == "cuda"
+    return Loaders(
+        train=make_loader(ImageDataset(data.splits["train"], train_tf), cfg.train.batch_size, True, cfg.seed,
+                          workers, batch_mixer(augment, len(data.classes)), pin),
+        val=make_loader(ImageDataset(data.splits["val"], eval_tf), cfg.train.eval_batch_size, False, cfg.seed,
+                        workers, pin_memory=pin),
+        test=make_loader(ImageDataset(data.splits["test"], eval_tf), cfg.train.eval_batch_size, False,
+                         cfg.seed, workers, pin_memory=pin),
+    )
+
+
+def engine_options(cfg: DictConfig) -> dict:
+    """The Engine keyword arguments that come straight from train.*."""
+    train = cfg.train
+    return dict(epochs=train.epochs, scheduler=train.scheduler, warmup_epochs=train.warmup_epochs,
+                step_size=train.step_size, gamma=train.gamma, grad_clip=train.grad_clip,
+                patience=train.early_stopping.patience, min_delta=train.early_stopping.min_delta,
+                progress=train.progress)
+
+
+def save_model_file(ctx: RunContext, prepared: PreparedModel, data: RunData, path: Optional[Path] = None) -> Path:
+    """ft_model.pt: final weights plus all that is needed to rebuild the model and its preprocessing."""
+    path = path or ctx.run_dir / "ft_model.pt"
+    save_atomic({
+        "format": MODEL_FILE_FORMAT,
+        "model_name": ctx.cfg.model.name,
+        "num_classes": len(data.classes),
+        "classes": list(data.classes),
+        "head": prepared.built.head_name,
+        "preprocess": asdict(prepared.geometry),
+        "weights": prepared.built.weights,
+        "state_dict": prepared.model.state_dict(),
+        "config": OmegaConf.to_container(ctx.cfg, resolve=True),
+        "tlrun_version": tlrun.__version__,
+    }, path)
+    return path
+
+
+def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: RunData, fit: FitResult,
+                 test: EvalResult) -> dict:
+    model = prepared.model
+    return {
+        "pipeline": pipeline,
+        "best_epoch": fit.best_epoch,
+        "best_val_acc": fit.best_val_acc,
+        "last_val_acc": fit.last_val_acc,
+        "test_acc": test.acc,
+        "test_loss": test.loss,
+        "selection": "best val_acc checkpoint",
+        "params_total": count_params(model.parameters()),
+        "params_trainable": count_params(p for p in model.parameters() if p.requires_grad),
+        "wall_time_s": round(time.perf_counter() - ctx.started, 2),
+        "device": str(ctx.device),
+        "model": ctx.cfg.model.name,
+        "weights": prepared.built.weights,
+        "weights_source": prepared.built.weights_source,
+        "freeze": ctx.cfg.freeze.strategy,
+        "freeze_stages": len(prepared.plan.stages),
+        "frozen_stages": len(prepared.plan.frozen_stages),
+        "data": data.name,
+        "num_classes": len(data.classes),
+        "train_size": len(data.splits["train"]),
+        "val_size": len(data.splits["val"]),
+        "test_size": len(data.splits["test"]),
+        "image_size": prepared.geometry.crop_size,
+        "epochs_run": fit.epochs_run,
+        "stopped_early": fit.stopped_early,
+        "seed": ctx.cfg.seed,
+        "versions": {"tlrun": tlrun.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def write_run_artifacts(ctx: RunContext, data: RunData, fit: FitResult, test: EvalResult,
+                        metrics: dict) -> None:
+    """Everything a finished run leaves besides checkpoints: metrics, plots, report, split."""
+    run_dir = ctx.run_dir
+    data.split_table().to_csv(run_dir / "split.csv", index=False)
+    plot_curves(fit.history, run_dir / "curves.png", title=f"{metrics['model']} on {data.name}")
+    plot_confusion(test.targets, test.predictions, data.classes, run_dir / "confusion_matrix.png",
+                   title=f"test confusion matrix (acc {test.acc:.4f})")
+    write_classification_report(test.targets, test.predictions, data.classes, run_dir / "classification_report.txt")
+    metrics["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
+    write_json(metrics, run_dir / "metrics.json")
+    print_summary(metrics, run_dir)

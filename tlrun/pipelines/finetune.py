@@ -1,0 +1,27 @@
+"""Fine-tuning: a pretrained backbone, a new head, a freeze strategy, cross-entropy."""
+
+from __future__ import annotations
+
+from tlrun.data.pipeline import load_run_data
+from tlrun.engine import ClassificationStep, Engine
+from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
+                                    make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+
+
+@PIPELINES.register("finetune")
+def run_finetune(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    data = load_run_data(cfg.data, cfg.seed)
+    prepared = prepare_model(ctx, len(data.classes))
+    loaders = make_loaders(ctx, data, prepared.geometry)
+    optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
+    engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.device, cfg.train.label_smoothing),
+                    optimizer=optimizer, train_loader=loaders.train, val_loader=loaders.val, device=ctx.device,
+                    run_dir=ctx.run_dir, freeze_plan=prepared.plan, **engine_options(cfg))
+    fit = engine.fit()
+    engine.load_best()
+    test = engine.evaluate(loaders.test)
+    save_model_file(ctx, prepared, data)
+    metrics = base_metrics(ctx, "finetune", prepared, data, fit, test)
+    write_run_artifacts(ctx, data, fit, test, metrics)
+    return metrics

@@ -1,0 +1,121 @@
+"""Run-folder artefacts people read: metrics.json, curves, confusion matrix, report, summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+
+def write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs val (plus any *_acc columns a pipeline adds)."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = history["epoch"]
+    for column in [c for c in history.columns if c.endswith("_loss")]:
+        ax_loss.plot(epochs, history[column], marker="o", label=column)
+    for column in [c for c in history.columns if c.endswith("_acc")]:
+        ax_acc.plot(epochs, history[column], marker="o", label=column)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(targets: np.ndarray, predictions: np.ndarray, classes: list[str], path: Path,
+                   title: str = "") -> None:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _pyplot()
+    matrix = confusion_matrix(targets, predictions, labels=list(range(len(classes))))
+    size = max(4.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(classes))
+    labels = classes if len(classes) <= 40 else [""] * len(classes)
+    ax.set_xticks(ticks, labels, rotation=90 if max(map(len, classes)) > 3 else 0, fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 25:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count > threshold else "black")
+    ax.set_title(title or "test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_classification_report(targets: np.ndarray, predictions: np.ndarray, classes: list[str],
+                                path: Path) -> None:
+    from sklearn.metrics import classification_report
+
+    text = classification_report(targets, predictions, labels=list(range(len(classes))),
+                                 target_names=classes, digits=4, zero_division=0)
+    path.write_text(text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_summary(metrics: dict, run_dir: Path, keys: Optional[list[str]] = None) -> None:
+    """A short table at the end of a run: accuracy, parameters, time, where the folder is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = keys or ["pipeline", "model", "data", "test_acc", "best_val_acc", "best_epoch",
+                    "params_trainable", "params_total", "wall_time_s", "device"]
+    table = Table(title="tlrun result", show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for key in keys:
+        if key in metrics:
+            table.add_row(key, _fmt(metrics[key]))
+    table.add_row("run folder", str(run_dir))
+    Console(stderr=False).print(table)

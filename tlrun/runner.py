@@ -1,0 +1,110 @@
+"""One job: validate the composed config, pick the pipeline, run it, report errors in one line."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from tlrun.config import validate_config
+from tlrun.errors import ConfigError, TlrunError
+
+log = logging.getLogger("tlrun")
+
+# Files that make a folder a run's results: never overwritten.
+RESULT_FILES = ("metrics.json", "ft_history.csv", "ft_model.pt")
+# What Hydra writes before the job starts: a failed job that leaves only these is removed.
+_HYDRA_OWN = {".hydra", "tlrun.log"}
+
+
+def select_pipeline(cfg: DictConfig) -> str:
+    adaptation, distill = cfg.adaptation.method, cfg.distill.method
+    if adaptation != "none" and distill != "none":
+        raise ConfigError(f"adaptation={adaptation} and distill={distill} cannot be combined; "
+                          "set one of them to none")
+    if adaptation != "none":
+        return adaptation
+    if distill != "none":
+        return distill
+    return "finetune"
+
+
+def resolve_device(device_cfg: DictConfig):
+    import torch
+
+    wanted = device_cfg.type
+    if device_cfg.threads:
+        torch.set_num_threads(int(device_cfg.threads))
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    elif wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but this machine has no usable CUDA GPU; use device=auto or device=cpu")
+    elif wanted == "mps" and not mps_ok:
+        raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
+    return torch.device(wanted)
+
+
+def guard_run_dir(run_dir: Path) -> None:
+    existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
+    if existing:
+        raise ConfigError(f"run folder {run_dir} already holds results ({', '.join(existing)}); "
+                          "tlrun never overwrites them: choose another hydra.run.dir")
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A job that failed before producing anything leaves no run folder behind."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_OWN:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    from tlrun.cli import debug_mode
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate_config(cfg)
+        guard_run_dir(run_dir)
+        return _run(cfg, run_dir)
+    except (TlrunError, FloatingPointError, KeyboardInterrupt) as exc:
+        if debug_mode():
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            message, code = "interrupted", 130
+        elif isinstance(exc, FloatingPointError):
+            message, code = f"{exc}; lower train.lr or set train.grad_clip", 3
+        else:
+            message, code = str(exc), exc.exit_code
+        _remove_if_empty(run_dir)
+        if _is_multirun():
+            log.error(message)
+            raise  # Hydra records the failed job and goes on with the sweep
+        print(f"tlrun: error: {message}", file=sys.stderr)
+        sys.exit(code)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
+    from tlrun.checkpoint import seed_everything
+    from tlrun.pipelines import get_pipeline
+    from tlrun.pipelines.common import RunContext
+
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    name = select_pipeline(cfg)
+    pipeline = get_pipeline(name)
+
+    log.info("tlrun %s pipeline -> %s", name, run_dir)
+    return pipeline(RunContext(cfg, run_dir, device))
