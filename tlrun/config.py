@@ -36,6 +36,12 @@ def bounded(default: Any, low: Optional[float] = None, high: Optional[float] = N
                                             "help": help})
 
 
+def _check_split(split: list) -> Optional[str]:
+    if len(split) != 3 or any(s <= 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
+        return "give 3 positive fractions (train, val, test) that sum to 1, e.g. data.split=[0.7,0.15,0.15]"
+    return None
+
+
 @dataclass
 class ModelConfig:
     name: str = "mobilenet_v2"
@@ -84,7 +90,8 @@ class DataConfig:
     name: str = "digits"
     root: Optional[str] = None
     # Fractions for train/val/test when the source has no fixed split (stratified, seeded).
-    split: List[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split: List[float] = field(default_factory=lambda: [0.7, 0.15, 0.15],
+                               metadata={"validator": lambda v: _check_split(v)})
     # Input size fed to the model; null follows the weights' own transforms (e.g. 224).
     image_size: Optional[int] = None
     resize_size: Optional[int] = None
@@ -200,14 +207,40 @@ def schema_field(key: str, schema: type = TlrunConfig) -> dataclasses.Field:
     raise AssertionError("unreachable")
 
 
+_TYPE_CHECKS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), "a string"),
+    "List[float]": (lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v), "a list of numbers"),
+}
+
+
+def _base_type(f: dataclasses.Field) -> tuple[str, bool]:
+    """('int', optional?) from the annotation string (annotations are postponed here)."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if text.startswith("Optional[") and text.endswith("]"):
+        return text[len("Optional["):-1], True
+    return text, False
+
+
 def check_value(key: str, f: dataclasses.Field, value: Any) -> None:
-    """Raise ConfigError if ``value`` breaks the field's choices or range."""
+    """Raise ConfigError if ``value`` has the wrong type or breaks the field's choices or range."""
     meta = f.metadata
+    base, optional = _base_type(f)
     if value is None:
+        if not optional:
+            raise ConfigError(f"invalid value for {key}: null; it needs a value")
         return
+    check = _TYPE_CHECKS.get(base)
+    if check is not None and not check[0](value):
+        raise ConfigError(f"invalid value for {key}: {value!r}; it must be {check[1]}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"invalid value for {key}: {value!r}; valid choices: "
                           f"{', '.join(map(str, meta['choices']))}")
+    if "validator" in meta and (problem := meta["validator"](value)):
+        raise ConfigError(f"invalid value for {key}: {value}; {problem}")
     low, high = meta.get("low"), meta.get("high")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
@@ -244,9 +277,5 @@ def validate_config(cfg: DictConfig, schema: type = TlrunConfig, prefix: str = "
 
 def validate_combinations(cfg: DictConfig) -> None:
     """Checks that involve several keys."""
-    split = list(cfg.data.split)
-    if len(split) not in (2, 3) or any(s < 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
-        raise ConfigError(f"invalid value for data.split: {split}; give 3 fractions "
-                          "(train, val, test) that sum to 1, e.g. data.split=[0.7,0.15,0.15]")
     if cfg.data.mean is not None and cfg.data.std is not None and len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")

@@ -1,0 +1,81 @@
+"""Bad input: one clear line, non-zero exit, no traceback, no run folder left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, assert_one_line_error, make_image_folder, run_dirs, run_tlrun
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train.epoch=3"], ["unknown key 'train.epoch'", "did you mean 'train.epochs'"]),
+    (["+train.epoch=3"], ["unknown key 'train.epoch'", "train.epochs"]),
+    (["model=resnet19"], ["unknown option model=resnet19", "resnet18"]),
+    (["freeze=parital"], ["unknown option freeze=parital", "partial"]),
+    (["train.optimizer=adamm"], ["train.optimizer", "sgd, adam, adamw"]),
+    (["train.lr=fast"], ["train.lr", "must be a number"]),
+    (["train.epochs=0"], ["train.epochs", ">= 1"]),
+    (["data.split=[0.5,0.2]"], ["data.split", "sum to 1"]),
+    (["-m", "freeze=all,nonsense"], ["unknown option freeze=nonsense"]),
+])
+def test_bad_overrides_fail_before_any_work(tmp_path: Path, args, needles):
+    result = run_tlrun(args, tmp_path)
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_missing_data_root(tmp_path: Path):
+    result = run_tlrun(["data=imagefolder", *TINY], tmp_path)
+    assert_one_line_error(result, "data.root")
+    assert run_dirs(tmp_path) == []
+
+
+def test_nonexistent_data_root(tmp_path: Path):
+    result = run_tlrun(["data=imagefolder", f"data.root={tmp_path / 'nope'}", *TINY], tmp_path)
+    assert_one_line_error(result, "does not exist")
+    assert run_dirs(tmp_path) == []
+
+
+def test_empty_class_folder(tmp_path: Path):
+    root = make_image_folder(tmp_path / "imgs", per_class=3)
+    (root / "empty_class").mkdir()
+    result = run_tlrun(["data=imagefolder", f"data.root={root}", *TINY], tmp_path)
+    assert_one_line_error(result, "empty_class", "has no images")
+    assert run_dirs(tmp_path) == []
+
+
+def test_corrupt_image_is_named(tmp_path: Path):
+    root = make_image_folder(tmp_path / "imgs", per_class=3)
+    bad = root / "circle" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    result = run_tlrun(["data=imagefolder", f"data.root={root}", *TINY], tmp_path)
+    assert_one_line_error(result, "broken.png", "data.bad_images=skip")
+    assert run_dirs(tmp_path) == []
+
+
+def test_offline_weights_give_one_line(tmp_path: Path):
+    # An empty hub cache and no network route: the download must fail with a clear message.
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = run_tlrun(["model=efficientnet_b0", "train.epochs=1", *TINY], tmp_path, env=env)
+    assert_one_line_error(result, "efficientnet_b0", "model.weights=null", "model.weights_path=")
+    assert result.returncode == 2
+    assert run_dirs(tmp_path) == []
+
+
+def test_device_cuda_without_gpu(tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_tlrun(["device=cuda", "train.progress=none"], tmp_path)
+    assert_one_line_error(result, "device=cuda")
+
+
+def test_debug_flag_shows_traceback(tmp_path: Path):
+    result = run_tlrun(["train.epoch=3"], tmp_path, env={"TLRUN_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr

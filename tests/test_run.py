@@ -1,0 +1,105 @@
+"""End-to-end runs of the real command on tiny data: the run folder is complete and correct."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, read_metrics, run_dirs, run_tlrun
+
+RUN_FILES = ["ft_history.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt", "ft_model.pt",
+             "curves.png", "confusion_matrix.png", "classification_report.txt", "split.csv",
+             ".hydra/config.yaml", ".hydra/overrides.yaml"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"]
+METRIC_KEYS = ["pipeline", "best_epoch", "best_val_acc", "last_val_acc", "test_acc", "params_total",
+               "params_trainable", "wall_time_s", "device"]
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("lenet")
+    result = run_tlrun(["model=lenet", "data=digits", "train.epochs=2", "train.lr=0.01", *TINY], cwd)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
+def test_run_folder_is_complete(lenet_run: Path):
+    for name in RUN_FILES:
+        assert (lenet_run / name).is_file(), name
+
+
+def test_history_and_metrics(lenet_run: Path):
+    history = pd.read_csv(lenet_run / "ft_history.csv")
+    assert list(history.columns[:len(HISTORY_COLUMNS)]) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2]
+    metrics = read_metrics(lenet_run)
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert metrics["pipeline"] == "finetune"
+    assert metrics["best_val_acc"] == pytest.approx(history["val_acc"].max())
+    assert metrics["last_val_acc"] == pytest.approx(history["val_acc"].iloc[-1])
+    # A from-scratch LeNet learns 8x8 digits well past chance (10%) in two epochs.
+    assert metrics["test_acc"] > 0.6
+    assert metrics["params_trainable"] == metrics["params_total"]
+
+
+def test_split_is_saved_and_disjoint(lenet_run: Path):
+    split = pd.read_csv(lenet_run / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert not split["sample"].duplicated().any()
+    assert len(split) == 1797
+    metrics = read_metrics(lenet_run)
+    assert (split["split"] == "test").sum() == metrics["test_size"]
+
+
+def test_model_file_reloads_and_reproduces_test_accuracy(lenet_run: Path):
+    from tlrun.artifacts import load_run_model
+
+    loaded = load_run_model(lenet_run)
+    assert loaded.classes == [str(i) for i in range(10)]
+    best = torch.load(lenet_run / "checkpoints/best.pt", weights_only=False)
+    for key, value in best["model"].items():
+        assert torch.equal(value, loaded.model.state_dict()[key])
+
+
+def test_never_overwrites_a_finished_run(tmp_path: Path, lenet_run: Path):
+    before = (lenet_run / "metrics.json").read_text()
+    result = run_tlrun(["model=lenet", "train.epochs=1", f"hydra.run.dir={lenet_run}", *TINY], tmp_path)
+    assert result.returncode != 0
+    assert "already holds results" in result.stderr
+    assert (lenet_run / "metrics.json").read_text() == before
+
+
+def test_resnet18_linear_probe_trains_5130_parameters(tmp_path: Path):
+    result = run_tlrun(["model=resnet18", "model.weights=null", "freeze=all", "data=digits", "train.epochs=1",
+                        "data.max_per_class=8", "data.image_size=32", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(run_dirs(tmp_path)[0])
+    assert metrics["params_trainable"] == 5130
+    assert metrics["params_total"] == 11_181_642
+
+
+@pytest.mark.parametrize("freeze", ["all", "partial"])
+def test_image_folder_with_pretrained_mobilenet(tmp_path: Path, image_folder: Path, freeze: str):
+    result = run_tlrun(["model=mobilenet_v2", f"freeze={freeze}", "data=imagefolder", f"data.root={image_folder}",
+                        "data.image_size=64", "train.epochs=2", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dirs(tmp_path)[0]
+    metrics = read_metrics(run_dir)
+    assert metrics["weights_source"].startswith("package")
+    assert metrics["num_classes"] == 3 and metrics["freeze"] == freeze
+    assert metrics["params_trainable"] < metrics["params_total"]
+    report = (run_dir / "classification_report.txt").read_text()
+    assert "circle" in report and "cross" in report
+
+
+def test_cfg_job_prints_composed_config(tmp_path: Path):
+    result = run_tlrun(["--cfg", "job", "model=resnet18", "freeze=partial"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: resnet18" in result.stdout and "strategy: partial" in result.stdout
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,43 @@
+"""Reading what runs wrote: ft_model.pt → a ready model with its classes and preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from tlrun.data.pipeline import ImageGeometry
+from tlrun.errors import WeightsError
+from tlrun.models.factory import build_model
+from tlrun.pipelines.common import MODEL_FILE_FORMAT
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    classes: list[str]
+    geometry: ImageGeometry
+    model_name: str
+    config: dict
+
+
+def load_run_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedModel:
+    """Rebuild a trained model from a run folder or its ft_model.pt (in eval mode)."""
+    path = Path(path)
+    file = path / "ft_model.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise WeightsError(f"no ft_model.pt at {path}; give a finished run folder or its ft_model.pt")
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise WeightsError(f"cannot read {file} ({type(exc).__name__}); the file is truncated or not a tlrun model") from exc
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FILE_FORMAT:
+        raise WeightsError(f"{file} is not a tlrun model file ({MODEL_FILE_FORMAT})")
+    built = build_model(saved["model_name"], saved["num_classes"], weights=None)
+    built.model.load_state_dict(saved["state_dict"])
+    built.model.to(device).eval()
+    return LoadedModel(built.model, list(saved["classes"]), ImageGeometry(**saved["preprocess"]),
+                       saved["model_name"], saved.get("config", {}))
