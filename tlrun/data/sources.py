@@ -127,7 +127,7 @@ def load_fashion_mnist(request: DataRequest) -> SourceData:
     """Fashion-MNIST (60k train / 10k test, 28×28 grey) from Debian's package or a download."""
     candidates = [Path(request.root)] if request.root else list(FASHION_DIRS)
     for folder in candidates:
-        files = {kind: next(iter(sorted(folder.glob(f"{kind}-*-idx*-ubyte*"))), None)
+        files = {kind: next(iter(sorted(folder.glob(f"{kind}-idx*-ubyte*"))), None)
                  for kind in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
         if all(files.values()):
             parts = {}
