@@ -103,3 +103,26 @@ def test_cfg_job_prints_composed_config(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "name: resnet18" in result.stdout and "strategy: partial" in result.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_experiment_file_overrides_groups(tmp_path: Path):
+    result = run_tlrun(["--cfg", "job", "experiment=fashion_partial", "train.epochs=2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: fashion_mnist" in result.stdout and "strategy: partial" in result.stdout
+    assert "epochs: 2" in result.stdout  # the command line wins over the experiment
+
+
+def test_tab_completion_lists_group_options(tmp_path: Path):
+    result = run_tlrun(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": "tlrun freeze=pa"})
+    assert result.returncode == 0, result.stderr
+    assert "freeze=partial" in result.stdout.split()
+    result = run_tlrun(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": "tlrun model=efficientnet_l"})
+    assert "model=efficientnet_lite0" in result.stdout.split()
+
+
+def test_cli_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tlrun.cli, tlrun.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -119,3 +119,16 @@ def print_summary(metrics: dict, run_dir: Path, keys: Optional[list[str]] = None
             table.add_row(key, _fmt(metrics[key]))
     table.add_row("run folder", str(run_dir))
     Console(stderr=False).print(table)
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub-markdown table (benchmarks print these for README)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else format(value, floatfmt)
+        return str(value)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
