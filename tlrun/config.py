@@ -109,6 +109,8 @@ class DeviceConfig:
     type: str = choice("auto", ("auto", "cpu", "cuda", "mps"))
     num_workers: int = bounded(0, low=0)
     threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch's default
+    # NHWC memory layout: measured ~2x faster MobileNetV2 training on a 2-core CPU (oneDNN).
+    channels_last: bool = True
 
 
 @dataclass

@@ -56,6 +56,30 @@ class FitResult:
     history: pd.DataFrame
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where batches go: the device, and whether images use the channels-last memory layout
+    (NHWC: about 2x faster convolutions on CPU with oneDNN, and the tensor-core layout on GPU)."""
+
+    device: torch.device
+    channels_last: bool = False
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.to(self.device, non_blocking=True)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
     """Class indices from labels that may be MixUp/CutMix probabilities."""
     return targets.argmax(dim=1) if targets.dim() == 2 else targets
@@ -64,15 +88,14 @@ def hard_labels(targets: torch.Tensor) -> torch.Tensor:
 class ClassificationStep:
     """Cross-entropy on labelled batches: the fine-tuning step."""
 
-    def __init__(self, model: nn.Module, device: torch.device, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, placement: Placement, label_smoothing: float = 0.0) -> None:
         self.model = model
-        self.device = device
+        self.placement = placement
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def __call__(self, batch: Any, progress: float) -> StepOutput:
         images, targets = batch
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        images, targets = self.placement.images(images), self.placement.labels(targets)
         logits = self.model(images)
         return StepOutput(self.criterion(logits, targets), logits, hard_labels(targets))
 
@@ -146,7 +169,7 @@ class Engine:
     """Trains ``model`` with ``step`` and keeps the run folder's history and checkpoints."""
 
     def __init__(self, *, model: nn.Module, step: TrainStep, optimizer: torch.optim.Optimizer,
-                 train_loader: Iterable, val_loader: DataLoader, device: torch.device, run_dir: Path,
+                 train_loader: Iterable, val_loader: DataLoader, placement: Placement, run_dir: Path,
                  epochs: int, steps_per_epoch: Optional[int] = None, scheduler: str = "cosine",
                  warmup_epochs: float = 0.0, step_size: int = 10, gamma: float = 0.1,
                  grad_clip: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
@@ -155,7 +178,7 @@ class Engine:
                  checkpoint_extra: Optional[dict] = None) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.device, self.run_dir, self.epochs = device, Path(run_dir), epochs
+        self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
         self.steps_per_epoch = steps_per_epoch or len(train_loader)  # type: ignore[arg-type]
         total = self.steps_per_epoch * epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
@@ -174,8 +197,8 @@ class Engine:
         self.model.eval()
         losses, targets, probabilities = [], [], []
         for images, labels in loader:
-            logits = self.model(images.to(self.device, non_blocking=True)).float()
-            labels = labels.to(self.device, non_blocking=True)
+            logits = self.model(self.placement.images(images)).float()
+            labels = self.placement.labels(labels)
             losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
             targets.append(labels.cpu())
             probabilities.append(logits.softmax(dim=1).cpu())
@@ -273,5 +296,5 @@ class Engine:
 
     def load_best(self) -> None:
         """Restore the weights of the best validation epoch."""
-        state = torch.load(self.checkpoint_dir / "best.pt", map_location=self.device, weights_only=False)
+        state = torch.load(self.checkpoint_dir / "best.pt", map_location=self.placement.device, weights_only=False)
         self.model.load_state_dict(state["model"])

@@ -17,7 +17,7 @@ import tlrun
 from tlrun.checkpoint import save_atomic
 from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform,
                                  make_loader)
-from tlrun.engine import EvalResult, FitResult
+from tlrun.engine import EvalResult, FitResult, Placement
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
 from tlrun.models.factory import BuiltModel, build_model
@@ -35,6 +35,10 @@ class RunContext:
     run_dir: Path
     device: torch.device
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.device, bool(self.cfg.device.channels_last))
 
 
 Pipeline = Callable[[RunContext], dict]
@@ -62,7 +66,7 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
     plan = make_plan(built.model, built.head_name, freeze_cfg.strategy, geometry.crop_size,
                      trainable_stages=freeze_cfg.trainable_stages, lr_decay=freeze_cfg.lr_decay,
                      train_frozen_bn=freeze_cfg.train_frozen_bn)
-    built.model.to(ctx.device)
+    ctx.placement.model(built.model)
     log.info("Freeze %s: %d stages, %d frozen; %s of %s parameters train", freeze_cfg.strategy,
              len(plan.stages), len(plan.frozen_stages),
              f"{count_params(p for p in built.model.parameters() if p.requires_grad):,}",

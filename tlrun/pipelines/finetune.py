@@ -15,8 +15,8 @@ def run_finetune(ctx: RunContext) -> dict:
     prepared = prepare_model(ctx, len(data.classes))
     loaders = make_loaders(ctx, data, prepared.geometry)
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
-    engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.device, cfg.train.label_smoothing),
-                    optimizer=optimizer, train_loader=loaders.train, val_loader=loaders.val, device=ctx.device,
+    engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
+                    optimizer=optimizer, train_loader=loaders.train, val_loader=loaders.val, placement=ctx.placement,
                     run_dir=ctx.run_dir, freeze_plan=prepared.plan, **engine_options(cfg))
     fit = engine.fit()
     engine.load_best()
