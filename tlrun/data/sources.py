@@ -180,7 +180,7 @@ def _torchvision_set(request: DataRequest, class_name: str, hint: str = "") -> S
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise DataError(f"could not download {request.name} into {root} ({reason}); on an offline "
-                        f"machine use data=digits, data=cvdigits, data=fashion_mnist or "
+                        f"machine use data=digits, data=cvdigits, data=digits_m, data=cvdigits_m, data=fashion_mnist or "
                         f"data=imagefolder data.root=<folder>{', ' + hint if hint else ''}") from exc
     classes = list(getattr(ds, "classes", [])) or [str(c) for c in sorted(set(parts["train"].labels.tolist()))]
     return SourceData([str(c) for c in classes], parts, f"torchvision {class_name} in {root}")
@@ -195,6 +195,7 @@ for _name, _class in TORCHVISION_SETS.items():
 
 
 def load_source(request: DataRequest) -> SourceData:
+    from tlrun.data import domains  # noqa: F401  (registers data=digits_m, cvdigits_m, mnist_m)
     from tlrun.data import imagefolder  # noqa: F401  (registers data=imagefolder)
 
     source = DATASETS.get(request.name)(request)
