@@ -63,7 +63,23 @@ class FreezeConfig:
 
 @dataclass
 class AdaptationConfig:
-    method: str = choice("none", ("none",))
+    """Unsupervised domain adaptation (source labels, unlabelled target): DANN or multi-kernel MMD."""
+
+    method: str = choice("none", ("none", "dann", "mmd"))
+    # Weight of the domain loss at the end of training (DANN's lambda max / DAN's trade-off).
+    weight: float = bounded(1.0, low=0.0)
+    # dann: weight * (2 / (1 + exp(-gamma * p)) - 1) over training progress p (iterations); constant: weight.
+    schedule: str = choice("dann", ("dann", "constant"))
+    gamma: float = bounded(10.0, low=0.0, low_open=True)
+    # Which features are aligned: the backbone's pooled features (the head's input) or the logits.
+    features: str = choice("pooled", ("pooled", "logits"))
+    discriminator_width: int = bounded(1024, low=1)
+    discriminator_depth: int = bounded(2, low=1)
+    # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).
+    mmd_multipliers: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    mmd_estimator: str = choice("quadratic", ("quadratic", "linear"))
+    # Feature-space plot of source vs target before/after training.
+    feature_plot: str = choice("pca", ("pca", "tsne"))
 
 
 @dataclass
@@ -101,6 +117,10 @@ class DataConfig:
     max_per_class: Optional[int] = None
     bad_images: str = choice("error", ("error", "skip"))
     cache_dir: Optional[str] = None  # built datasets are cached here; null = ~/.cache/tlrun
+    # Domain adaptation: the unlabelled target domain (a dataset name, or a folder for imagefolder).
+    # Setting it without adaptation= gives the source-only baseline with target evaluation.
+    target: Optional[str] = None
+    target_root: Optional[str] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -174,8 +174,8 @@ class Engine:
                  warmup_epochs: float = 0.0, step_size: int = 10, gamma: float = 0.1,
                  grad_clip: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
-                 epoch_metrics: Optional[Callable[[int], dict[str, float]]] = None,
-                 checkpoint_extra: Optional[dict] = None) -> None:
+                 epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
+                 auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -187,6 +187,8 @@ class Engine:
         self.freeze_plan = freeze_plan
         self.progress_mode = progress
         self.epoch_metrics = epoch_metrics
+        # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
+        self.auxiliary = auxiliary
         self.checkpoint_extra = checkpoint_extra or {}
         self.history: list[dict] = []
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -214,6 +216,8 @@ class Engine:
             self.freeze_plan.set_train_mode(self.model)
         else:
             self.model.train()
+        if self.auxiliary is not None:
+            self.auxiliary.train()
 
     def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         self._set_train_mode()
@@ -247,7 +251,9 @@ class Engine:
     def _checkpoint_state(self, epoch: int, best: dict) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng(), "best": dict(best),
-                "history": list(self.history), **self.checkpoint_extra}
+                "history": list(self.history),
+                "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else None,
+                **self.checkpoint_extra}
 
     def fit(self) -> FitResult:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +270,8 @@ class Engine:
                 row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
                        "val_loss": val.loss, "val_acc": val.acc, "lr": lr}
                 row.update(train_metrics)
-                if self.epoch_metrics is not None:
-                    row.update(self.epoch_metrics(epoch))
+                if self.epoch_metrics is not None:  # pipeline columns computed from the epoch's row
+                    row.update(self.epoch_metrics(row))
                 row["epoch_time_s"] = time.perf_counter() - started
                 self.history.append(row)
                 self.write_history()

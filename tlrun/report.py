@@ -109,7 +109,8 @@ def print_summary(metrics: dict, run_dir: Path, keys: Optional[list[str]] = None
     from rich.console import Console
     from rich.table import Table
 
-    keys = keys or ["pipeline", "model", "data", "test_acc", "best_val_acc", "best_epoch",
+    keys = keys or ["pipeline", "model", "data", "target", "test_acc", "target_acc", "target_acc_last",
+                    "best_val_acc", "best_epoch",
                     "params_trainable", "params_total", "wall_time_s", "device"]
     table = Table(title="tlrun result", show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
@@ -125,10 +126,37 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub-markdown table (benchmarks print these for README)."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return "-" if math.isnan(value) else format(value, floatfmt)
+            return "-" if math.isnan(value) else format(value, floatfmt).rstrip("0").rstrip(".")
         return str(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def plot_domain_features(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, method: str = "pca",
+                         seed: int = 0, labels: tuple[str, str] = ("source", "target")) -> None:
+    """Source vs target features in 2-D (PCA or t-SNE), one panel per stage (e.g. before/after)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, (source, target)) in zip(axes[0], panels.items()):
+        joint = np.concatenate([source, target]).astype(np.float64)
+        joint = (joint - joint.mean(0)) / (joint.std(0) + 1e-8)
+        if method == "tsne":
+            points = TSNE(n_components=2, init="pca", random_state=seed,
+                          perplexity=min(30, max(2, len(joint) // 4))).fit_transform(joint)
+        else:
+            points = PCA(n_components=2, random_state=seed).fit_transform(joint)
+        ax.scatter(*points[:len(source)].T, s=5, alpha=0.5, label=labels[0])
+        ax.scatter(*points[len(source):].T, s=5, alpha=0.5, label=labels[1])
+        ax.set_title(f"{title} ({method.upper()})")
+        ax.legend(markerscale=3)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

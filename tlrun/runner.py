@@ -25,8 +25,8 @@ def select_pipeline(cfg: DictConfig) -> str:
     if adaptation != "none" and distill != "none":
         raise ConfigError(f"adaptation={adaptation} and distill={distill} cannot be combined; "
                           "set one of them to none")
-    if adaptation != "none":
-        return adaptation
+    if adaptation != "none" or cfg.data.target is not None or cfg.data.target_root is not None:
+        return "adaptation"  # adaptation=none with a target: the source-only baseline
     if distill != "none":
         return distill
     return "finetune"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
+
+# Pipeline name -> module that registers it (imported on demand: a run loads only its own pipeline).
+PIPELINE_MODULES = {
+    "finetune": "tlrun.pipelines.finetune",
+    "adaptation": "tlrun.pipelines.adaptation",
+}
 
 
 def get_pipeline(name: str) -> Callable:
-    # Importing a pipeline module registers it.
-    from tlrun.pipelines import finetune  # noqa: F401
     from tlrun.pipelines.common import PIPELINES
 
+    if name in PIPELINE_MODULES:
+        importlib.import_module(PIPELINE_MODULES[name])
     return PIPELINES.get(name)

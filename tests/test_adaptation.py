@@ -1,0 +1,90 @@
+"""Domain adaptation pipeline: paired loaders, feature taps, domain gap, end-to-end runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from tlrun.data.sources import OPENCV_DIGITS
+from tlrun.methods.domain_gap import proxy_a_distance
+from tlrun.pipelines.adaptation import FeatureTap, PairedBatches
+
+
+def test_paired_batches_cycle_the_shorter_loader():
+    source = DataLoader(TensorDataset(torch.arange(10)), batch_size=2)  # 5 batches
+    target = DataLoader(TensorDataset(torch.arange(100, 104)), batch_size=2)  # 2 batches
+    pairs = list(PairedBatches(source, target))
+    assert len(pairs) == 5  # the longer loader sets the epoch: nothing is truncated
+    assert torch.cat([s[0] for s, _ in pairs]).tolist() == list(range(10))
+    assert [t[0].tolist() for _, t in pairs] == [[100, 101], [102, 103], [100, 101], [102, 103], [100, 101]]
+
+
+def test_feature_tap_keeps_head_input():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    tap = FeatureTap(model[2])
+    x = torch.randn(5, 4)
+    model(x)
+    assert torch.allclose(tap.features, model[1](model[0](x)))
+
+
+def test_proxy_a_distance_separable_vs_identical():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 8))
+    assert proxy_a_distance(a, a + 5.0) > 1.9
+    assert proxy_a_distance(a, rng.normal(size=(300, 8))) < 0.4
+
+
+needs_cvdigits = pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
+DA_TINY = ["model=lenet", "data=cvdigits", "data.target=cvdigits_m", "data.max_per_class=12", "data.image_size=16",
+           "train.epochs=2", "train.batch_size=16", *TINY]
+
+
+@needs_cvdigits
+@pytest.mark.parametrize("method, loss_column", [("dann", "domain_loss"), ("mmd", "mmd_loss"), ("none", None)])
+def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: str, loss_column: str):
+    result = run_tlrun([f"adaptation={method}", *DA_TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    history = pd.read_csv(run_dir / "ft_history.csv")
+    for column in ["cls_loss", "source_val_acc", "target_acc"] + ([loss_column, "lambda"] if loss_column else []):
+        assert column in history.columns, column
+    assert (history["source_val_acc"] == history["val_acc"]).all()
+    if loss_column:
+        # The DANN schedule rises from 0 towards adaptation.weight over training.
+        assert 0 < history["lambda"].iloc[0] < history["lambda"].iloc[-1] <= 1.0
+    metrics = read_metrics(run_dir)
+    assert metrics["pipeline"] == {"none": "source_only"}.get(method, method)
+    for key in ["source_test_acc", "target_acc", "target_acc_last"]:
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["target_acc_last"] == pytest.approx(history["target_acc"].iloc[-1])
+    for stage in ("domain_gap_before", "domain_gap_after"):
+        assert set(metrics[stage]) == {"mmd", "a_distance"}
+    assert (run_dir / "features.png").is_file()
+
+
+@needs_cvdigits
+@pytest.mark.parametrize("args, needles", [
+    (["adaptation=dann", "model=lenet"], ["needs a target domain", "data.target"]),
+    (["adaptation=dann", "model=lenet", "data.target=cvdigitz"], ["unknown dataset 'cvdigitz'", "cvdigits"]),
+    (["adaptation=mmd", "model=lenet", "data=cvdigits", "data.target=fashion_mnist", "data.max_per_class=5"], []),
+])
+def test_bad_adaptation_inputs(tmp_path: Path, args, needles):
+    result = run_tlrun([*args, *TINY], tmp_path)
+    if not needles:  # same class count (10), different names: allowed, matched by position
+        assert result.returncode == 0, result.stderr
+        return
+    assert_one_line_error(result, *needles)
+    assert run_dirs(tmp_path) == []
+
+
+def test_target_with_other_class_count(tmp_path: Path, image_folder: Path):
+    result = run_tlrun(["adaptation=dann", "model=lenet", "data=digits", f"data.target_root={image_folder}",
+                        "data.max_per_class=5", *TINY], tmp_path)
+    assert_one_line_error(result, "3 classes", "10")
+    assert run_dirs(tmp_path) == []

@@ -1,0 +1,1 @@
+"""Domain-adaptation methods: DANN (gradient reversal + domain discriminator) and multi-kernel MMD."""

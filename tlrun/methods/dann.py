@@ -1,0 +1,154 @@
+"""Domain-Adversarial Neural Networks (DANN).
+
+Ganin, Ustinova, Ajakan, Germain, Larochelle, Laviolette, Marchand & Lempitsky,
+"Domain-Adversarial Training of Neural Networks", JMLR 17(59), 2016.
+
+The feature extractor G_f is trained to *maximise* the loss of a domain classifier G_d while G_d
+minimises it. The gradient reversal layer (GRL, Sec. 4.2) makes this a single minimisation: it is the
+identity in the forward pass and multiplies the gradient by -lambda in the backward pass, so G_d receives
+the ordinary gradient of the domain loss and G_f receives it reversed and scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEDULES = ("dann", "constant")
+
+
+class GradientReversal(torch.autograd.Function):
+    """R_lambda(x) = x forward; dR/dx = -lambda * I backward (Ganin et al. 2016, Sec. 4.2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        ctx.lambda_ = float(lambda_)
+        # A new tensor object (same storage) so the output carries this Function's grad_fn.
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output * -ctx.lambda_, None
+
+
+def dann_lambda(progress: float, max_weight: float = 1.0, gamma: float = 10.0) -> float:
+    """lambda_p = max_weight * (2 / (1 + exp(-gamma * p)) - 1) (Ganin et al. 2016, Sec. 5.2.2).
+
+    Starts at 0 so that the noisy early discriminator does not disturb the features, and approaches
+    ``max_weight`` as p -> 1 (p = 1 gives max_weight * tanh(gamma / 2), 0.99991 * max_weight for gamma = 10).
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    return max_weight * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
+
+
+class GradientReversalLayer(nn.Module):
+    """GRL that owns its coefficient schedule.
+
+    ``schedule="dann"``: lambda follows :func:`dann_lambda` of the training progress p in [0, 1]
+    (fraction of training iterations done), set with :meth:`set_progress`.
+    ``schedule="constant"``: lambda = ``max_weight`` throughout.
+    """
+
+    def __init__(self, max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann") -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if not max_weight >= 0:
+            raise ValueError(f"max_weight must be >= 0, got {max_weight}")
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.max_weight = float(max_weight)
+        self.gamma = float(gamma)
+        self.schedule = schedule
+        self.progress = 0.0
+
+    def set_progress(self, progress: float) -> None:
+        """Set training progress p (clamped to [0, 1])."""
+        if not math.isfinite(progress):
+            raise ValueError(f"progress must be finite, got {progress}")
+        self.progress = min(max(float(progress), 0.0), 1.0)
+
+    @property
+    def lambda_(self) -> float:
+        """Current reversal coefficient lambda."""
+        if self.schedule == "constant":
+            return self.max_weight
+        return dann_lambda(self.progress, self.max_weight, self.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return GradientReversal.apply(x, self.lambda_)
+
+    def extra_repr(self) -> str:
+        return f"max_weight={self.max_weight}, gamma={self.gamma}, schedule={self.schedule!r}"
+
+
+class DomainDiscriminator(nn.Module):
+    """Domain classifier G_d on pooled backbone features: one logit, > 0 means "source".
+
+    ``depth`` hidden blocks of Linear -> BatchNorm1d -> ReLU -> Dropout, then Linear(hidden, 1).
+    The default width/depth follow the domain classifier of Ganin et al. 2016 (Sec. 5.2.2:
+    x -> 1024 -> 1024 -> domain), with a single logit for BCE; BatchNorm is an addition for stability.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5) -> None:
+        super().__init__()
+        if in_features < 1 or hidden < 1 or depth < 1:
+            raise ValueError(f"in_features, hidden and depth must be >= 1, got {in_features}, {hidden}, {depth}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, in_features) -> (N,) domain logits."""
+        return self.net(features).squeeze(1)
+
+
+class DomainAdversarialLoss(nn.Module):
+    """DANN domain loss L_d: BCE of G_d(R_lambda(features)) against domain labels 1 = source, 0 = target.
+
+    Add the returned loss to the label-prediction loss *unweighted*: the trade-off lambda is applied by
+    the GRL to the gradient reaching the features only, while the discriminator's own parameters get
+    the plain gradient (Ganin et al. 2016, Sec. 4.2).
+    """
+
+    def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
+                 max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann") -> None:
+        super().__init__()
+        self.grl = GradientReversalLayer(max_weight=max_weight, gamma=gamma, schedule=schedule)
+        self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout)
+
+    def set_progress(self, progress: float) -> None:
+        """Forward training progress p in [0, 1] to the GRL's lambda schedule."""
+        self.grl.set_progress(progress)
+
+    @property
+    def lambda_(self) -> float:
+        return self.grl.lambda_
+
+    def forward(self, source_features: torch.Tensor,
+                target_features: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean BCE domain loss over the joint batch and ``{"domain_acc", "lambda"}``.
+
+        Source and target batches may have different sizes; each sample counts once in the mean.
+        """
+        if source_features.dim() != 2 or target_features.dim() != 2:
+            raise ValueError("expected (N, D) feature tensors, got shapes "
+                             f"{tuple(source_features.shape)} and {tuple(target_features.shape)}")
+        features = torch.cat([source_features, target_features], dim=0)
+        logits = self.discriminator(self.grl(features))
+        # Built from the features so they follow them onto any device/dtype (a CPU float32 label
+        # tensor would be silently promoted on CPU but fails on CUDA).
+        labels = torch.cat([features.new_ones(source_features.shape[0]),
+                            features.new_zeros(target_features.shape[0])])
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        with torch.no_grad():
+            accuracy = ((logits > 0).to(labels.dtype) == labels).float().mean().item()
+        return loss, {"domain_acc": accuracy, "lambda": self.grl.lambda_}
