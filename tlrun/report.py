@@ -46,7 +46,10 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> None:
         ax_loss.plot(epochs, history[column], marker="o", label=column)
     for column in [c for c in history.columns if c.endswith("_acc")]:
         ax_acc.plot(epochs, history[column], marker="o", label=column)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
