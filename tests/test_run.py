@@ -126,3 +126,33 @@ def test_cli_module_does_not_import_torch():
 
     code = "import sys, tlrun.cli, tlrun.config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_checkpoints_hold_full_training_state(lenet_run: Path):
+    last = torch.load(lenet_run / "checkpoints/last.pt", weights_only=False)
+    for key in ("model", "optimizer", "scheduler", "epoch", "rng", "best", "history"):
+        assert key in last, key
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+    assert last["optimizer"]["state"], "optimizer state (momentum/Adam moments) is saved"
+    assert not list((lenet_run / "checkpoints").glob("*.tmp*")), "no temp files left behind"
+
+
+def test_early_stopping_and_batch_mixing(tmp_path: Path):
+    # A vanishing learning rate cannot improve val_acc: patience 1 stops after epoch 2.
+    # MixUp/CutMix turn labels into probabilities; the engine must still train and score.
+    result = run_tlrun(["model=lenet", "data.image_size=16", "data.max_per_class=20", "train.epochs=6",
+                        "train.lr=1e-12", "train.early_stopping.patience=1", "data.augment.mixup_alpha=0.4",
+                        "data.augment.cutmix_alpha=1.0", "data.augment.hflip=true", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(run_dirs(tmp_path)[0])
+    assert metrics["epochs_run"] == 2 and metrics["stopped_early"] is True
+    assert metrics["best_epoch"] == 1
+
+
+def test_efficientnet_lite0_on_an_image_folder(tmp_path: Path, image_folder: Path):
+    result = run_tlrun(["model=efficientnet_lite0", "freeze=partial", "data=imagefolder", f"data.root={image_folder}",
+                        "data.image_size=64", "train.epochs=1", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(run_dirs(tmp_path)[0])
+    assert metrics["weights_source"].startswith("package efficientnet-lite0")
+    assert 0 < metrics["params_trainable"] < metrics["params_total"]
