@@ -26,7 +26,9 @@ from tlrun.report import markdown_table
 METHODS = ("source_only", "dann", "mmd", "oracle")
 # The DANN paper's digit setting: a LeNet-style CNN, SGD with momentum, lambda ramped by 2/(1+e^-10p)-1.
 COMMON = ["model=lenet", "data.image_size=32", "train.optimizer=sgd", "train.lr=0.01", "train.momentum=0.9",
-          "train.weight_decay=5e-4", "train.batch_size=64", "train.progress=none", "device=cpu", "device.threads=1"]
+          "train.weight_decay=5e-4", "train.batch_size=64", "train.progress=none", "device=cpu", "device.threads=1",
+          # The paper's digit domain classifier: one hidden layer of 100 units.
+          "adaptation.discriminator_width=100", "adaptation.discriminator_depth=1"]
 
 
 def command(source: str, target: str, method: str, seed: int, epochs: int, run_dir: Path, extra: list[str]) -> list[str]:
@@ -70,7 +72,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             if method not in by_method.index:
                 continue
             mean, std, count = by_method.loc[method, ["mean", "std", "count"]]
-            closure = (mean - base) / (oracle - base) if method in ("dann", "mmd") and oracle != base else float("nan")
+            comparable = method in ("dann", "mmd") and base is not None and oracle is not None and oracle != base
+            closure = (mean - base) / (oracle - base) if comparable else float("nan")
             gaps = ok[(ok["pair"] == pair) & (ok["method"] == method)]
             rows.append({"pair": pair, "method": method, "target_acc": f"{100 * mean:.2f} ± {100 * std:.2f}",
                          "seeds": int(count), "gap_closure": f"{100 * closure:.0f}%" if closure == closure else "",
