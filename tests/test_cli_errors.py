@@ -79,3 +79,15 @@ def test_debug_flag_shows_traceback(tmp_path: Path):
     result = run_tlrun(["train.epoch=3"], tmp_path, env={"TLRUN_DEBUG": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path: Path):
+    result = run_tlrun(["-m", "model=lenet", "data.image_size=16", "data.max_per_class=5", "train.epochs=1",
+                        "data=imagefolder,digits", *TINY], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlrun: error:")]
+    assert len(errors) == 2 and "data.root" in errors[0] and "1 of 2 sweep jobs failed" in errors[1]
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    assert (sweep / "0" / "failed.json").is_file()
+    assert (sweep / "1" / "metrics.json").is_file()  # the good job still ran

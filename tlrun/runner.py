@@ -62,6 +62,18 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _record_failure(run_dir: Path, message: str, code: int) -> None:
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from tlrun.callbacks import FAILED_FILE
+
+    job = HydraConfig.get().job
+    (run_dir / FAILED_FILE).write_text(json.dumps({"job": job.num, "overrides": " ".join(job.override_dirname.split(",")),
+                                                   "error": message, "exit_code": code}, indent=2) + "\n")
+
+
 def _is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -88,10 +100,12 @@ def run_job(cfg: DictConfig) -> dict:
             message, code = f"{exc}; lower train.lr or set train.grad_clip", 3
         else:
             message, code = str(exc), exc.exit_code
-        _remove_if_empty(run_dir)
         if _is_multirun():
+            # The sweep goes on; the job folder keeps failed.json and SweepStatus reports it at the end.
             log.error(message)
-            raise  # Hydra records the failed job and goes on with the sweep
+            _record_failure(run_dir, message, code)
+            return {"status": "failed", "error": message}
+        _remove_if_empty(run_dir)
         print(f"tlrun: error: {message}", file=sys.stderr)
         sys.exit(code)
 
