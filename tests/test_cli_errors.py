@@ -91,3 +91,11 @@ def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path: Path):
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     assert (sweep / "0" / "failed.json").is_file()
     assert (sweep / "1" / "metrics.json").is_file()  # the good job still ran
+
+
+def test_download_dataset_offline_gives_one_line(tmp_path: Path):
+    env = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = run_tlrun(["data=cifar10", f"data.cache_dir={tmp_path / 'cache'}", "model=lenet", *TINY], tmp_path, env=env)
+    assert_one_line_error(result, "could not download cifar10", "data=digits")
+    assert run_dirs(tmp_path) == []
