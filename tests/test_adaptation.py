@@ -88,3 +88,16 @@ def test_target_with_other_class_count(tmp_path: Path, image_folder: Path):
                         "data.max_per_class=5", *TINY], tmp_path)
     assert_one_line_error(result, "3 classes", "10")
     assert run_dirs(tmp_path) == []
+
+
+def test_image_folder_pair_like_office31(tmp_path: Path):
+    from conftest import make_image_folder
+
+    source = make_image_folder(tmp_path / "amazon", per_class=8, seed=0)
+    target = make_image_folder(tmp_path / "webcam", per_class=8, seed=1, size=48)
+    result = run_tlrun(["adaptation=dann", "model=lenet", "data=imagefolder", f"data.root={source}",
+                        f"data.target_root={target}", "data.image_size=16", "train.epochs=1", "train.batch_size=8",
+                        *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(run_dirs(tmp_path)[0])
+    assert metrics["target"] == "imagefolder" and metrics["target_test_size"] > 0
