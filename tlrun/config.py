@@ -84,7 +84,17 @@ class AdaptationConfig:
 
 @dataclass
 class DistillConfig:
-    method: str = choice("none", ("none",))
+    """Knowledge distillation of a teacher into the run's model (the student)."""
+
+    method: str = choice("none", ("none", "kd"))
+    # A finished run folder or its ft_model.pt; null = fine-tune teacher_model first (cached stage).
+    teacher: Optional[str] = None
+    teacher_model: str = "mobilenet_v2"
+    teacher_freeze: str = choice("none", ("none", "all", "partial", "early", "discriminative"))
+    teacher_epochs: int = bounded(4, low=1)
+    temperature: float = bounded(4.0, low=0.0, low_open=True)
+    # Weight of the soft (teacher) term; 1 - alpha weights the hard-label cross-entropy.
+    alpha: float = bounded(0.7, low=0.0, high=1.0)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Callable
 PIPELINE_MODULES = {
     "finetune": "tlrun.pipelines.finetune",
     "adaptation": "tlrun.pipelines.adaptation",
+    "kd": "tlrun.pipelines.distill",
 }
 
 

@@ -1,0 +1,229 @@
+"""Knowledge distillation: a fine-tuned teacher's soft targets train the run's model (the student).
+
+The teacher sees every training image through its own evaluation transform (no augmentation), so
+its logits over the training set are computed once and cached on disk, keyed by the teacher file's
+hash, the training images and the teacher's preprocessing; the student may still use augmentation.
+When no ``distill.teacher`` is given, ``distill.teacher_model`` is fine-tuned first as a stage whose
+run folder is cached by the hash of its config: a T×α sweep trains the teacher once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import tlrun
+from tlrun.artifacts import LoadedModel, load_run_model
+from tlrun.checkpoint import save_atomic
+from tlrun.data.pipeline import ImageDataset, ImageGeometry, RunData, build_transform, load_run_data, make_loader
+from tlrun.data.sources import default_cache_dir
+from tlrun.engine import Engine, Placement, StepOutput
+from tlrun.errors import ConfigError, DataError
+from tlrun.freeze import count_params
+from tlrun.methods.kd import distillation_loss
+from tlrun.models.catalog import MODEL_DEFAULTS
+from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
+                                    make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+
+log = logging.getLogger(__name__)
+
+
+class Indexed(Dataset):
+    """(image, label, index): the step looks the cached teacher logits up by index."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
+class DistillationStep:
+    def __init__(self, model: nn.Module, placement: Placement, teacher_logits: torch.Tensor, temperature: float,
+                 alpha: float, label_smoothing: float = 0.0) -> None:
+        self.model, self.placement = model, placement
+        self.teacher_logits = teacher_logits.to(placement.device)
+        self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
+
+    def __call__(self, batch: Any, progress: float) -> StepOutput:
+        images, targets, index = batch
+        targets = self.placement.labels(targets)
+        logits = self.model(self.placement.images(images))
+        teacher = self.teacher_logits[index.to(self.placement.device)]
+        loss, parts = distillation_loss(logits, teacher, targets, self.temperature, self.alpha, self.label_smoothing)
+        return StepOutput(loss, logits, targets, parts)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One process at a time (parallel sweep jobs wait for the first to build the shared item)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cache_root(ctx: RunContext) -> Path:
+    return Path(ctx.cfg.data.cache_dir) if ctx.cfg.data.cache_dir else default_cache_dir()
+
+
+def teacher_stage(ctx: RunContext) -> tuple[Path, str]:
+    """Fine-tune distill.teacher_model (or reuse the cached stage with the same config)."""
+    from tlrun.pipelines.finetune import run_finetune
+
+    cfg = ctx.cfg
+    teacher_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    name = cfg.distill.teacher_model
+    if name not in MODEL_DEFAULTS:
+        raise ConfigError(f"unknown distill.teacher_model '{name}'; use a name that model= accepts")
+    teacher_cfg.model = {"name": name, "weights": "DEFAULT", "weights_path": None, **MODEL_DEFAULTS[name]}
+    teacher_cfg.freeze.strategy = cfg.distill.teacher_freeze
+    teacher_cfg.train.epochs = cfg.distill.teacher_epochs
+    teacher_cfg.train.progress = cfg.train.progress
+    teacher_cfg.distill = {"method": "none"}
+    # What decides the teacher's weights: model, freeze, data, training recipe, seed, code version.
+    key = _digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
+                  | {"seed": cfg.seed, "tlrun": tlrun.__version__})
+    stage_dir = cache_root(ctx) / "teachers" / f"{name}-{key}"
+    with _locked(stage_dir.with_suffix(".lock")):
+        if (stage_dir / "ft_model.pt").is_file():
+            log.info("Teacher stage: cache hit, reusing %s", stage_dir)
+            return stage_dir, "stage cache hit"
+        log.info("Teacher stage: fine-tuning %s into %s", name, stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        run_finetune(RunContext(teacher_cfg, stage_dir, ctx.device))
+        log.info("Teacher stage took %.1f s", time.perf_counter() - started)
+        return stage_dir, "stage trained"
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, placement: Placement) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(placement.images(images)).float().cpu() for images, *_ in loader])
+
+
+def teacher_train_logits(ctx: RunContext, teacher: LoadedModel, teacher_file: Path, data: RunData) -> tuple[torch.Tensor, str]:
+    """The teacher's logits for every training image (cached; never stale: the key covers the
+    teacher weights, the images and the teacher's preprocessing)."""
+    train = data.splits["train"]
+    key = _digest({"teacher": _file_digest(teacher_file), "data": data.name, "ids": _digest(train.ids),
+                   "labels": _digest(train.labels.tolist()), "geometry": teacher.geometry.__dict__})
+    path = cache_root(ctx) / "teacher_logits" / f"{key}.pt"
+    with _locked(path.with_suffix(".lock")):
+        if path.is_file():
+            cached = torch.load(path, weights_only=True)
+            if cached.shape[0] == len(train):
+                log.info("Teacher logits: cache hit (%s)", path.name)
+                return cached, "hit"
+        log.info("Teacher logits: computing %d once (cache %s)", len(train), path.name)
+        dataset = ImageDataset(train, build_transform(teacher.geometry, None, train=False))
+        logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0),
+                                ctx.placement)
+        save_atomic(logits, path)
+        return logits, "miss"
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, size: int, repeats: int = 30) -> float:
+    """Median batch-1 CPU inference time."""
+    model = model.to("cpu").eval()
+    x = torch.zeros(1, 3, size, size)
+    for _ in range(3):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+@PIPELINES.register("kd")
+def run_kd(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    augment = cfg.data.augment
+    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
+        raise ConfigError("distill=kd does not support MixUp/CutMix yet (the teacher's cached logits describe "
+                          "unmixed images); set data.augment.mixup_alpha=0 data.augment.cutmix_alpha=0")
+    data = load_run_data(cfg.data, cfg.seed)
+    if cfg.distill.teacher:
+        teacher_path, teacher_source = Path(cfg.distill.teacher).expanduser(), "distill.teacher"
+    else:
+        teacher_path, teacher_source = teacher_stage(ctx)
+    teacher_file = teacher_path / "ft_model.pt" if teacher_path.is_dir() else teacher_path
+    teacher = load_run_model(teacher_file, ctx.device)
+    if teacher.classes != data.classes:
+        raise DataError(f"teacher classes ({', '.join(teacher.classes[:5])}...; {len(teacher.classes)}) differ from "
+                        f"the data's ({', '.join(data.classes[:5])}...; {len(data.classes)}); distill on the data "
+                        "the teacher was trained on")
+    logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
+
+    prepared = prepare_model(ctx, len(data.classes))
+    loaders = make_loaders(ctx, data, prepared.geometry)
+    train_set = Indexed(ImageDataset(data.splits["train"], build_transform(prepared.geometry, augment, train=True)))
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers)
+    optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
+    step = DistillationStep(prepared.model, ctx.placement, logits, cfg.distill.temperature, cfg.distill.alpha,
+                            cfg.train.label_smoothing)
+    engine = Engine(model=prepared.model, step=step, optimizer=optimizer, train_loader=train_loader,
+                    val_loader=loaders.val, placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
+                    **engine_options(cfg))
+    fit = engine.fit()
+    engine.load_best()
+    test = engine.evaluate(loaders.test)
+    teacher_test = ImageDataset(data.splits["test"], build_transform(teacher.geometry, None, train=False))
+    teacher_predictions = predict_logits(teacher.model, make_loader(teacher_test, cfg.train.eval_batch_size, False, 0),
+                                         Placement(ctx.device)).argmax(1).numpy()
+    teacher_acc = float((teacher_predictions == data.splits["test"].labels).mean())
+    save_model_file(ctx, prepared, data)
+
+    metrics = base_metrics(ctx, "kd", prepared, data, fit, test)
+    params_teacher, params_student = count_params(teacher.model.parameters()), metrics["params_total"]
+    metrics.update({
+        "teacher": str(teacher_file),
+        "teacher_model": teacher.model_name,
+        "teacher_source": teacher_source,
+        "teacher_logits_cache": logits_cache,
+        "temperature": cfg.distill.temperature,
+        "alpha": cfg.distill.alpha,
+        "teacher_test_acc": teacher_acc,
+        "student_test_acc": test.acc,
+        "params_teacher": params_teacher,
+        "params_student": params_student,
+        "compression_ratio": params_teacher / params_student,
+        "latency_ms_teacher": latency_ms(teacher.model, teacher.geometry.crop_size),
+        "latency_ms_student": latency_ms(prepared.model, prepared.geometry.crop_size),
+    })
+    write_run_artifacts(ctx, data, fit, test, metrics)
+    return metrics
