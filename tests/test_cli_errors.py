@@ -99,3 +99,11 @@ def test_download_dataset_offline_gives_one_line(tmp_path: Path):
     result = run_tlrun(["data=cifar10", f"data.cache_dir={tmp_path / 'cache'}", "model=lenet", *TINY], tmp_path, env=env)
     assert_one_line_error(result, "could not download cifar10", "data=digits")
     assert run_dirs(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["adaptation=dann", "distill=kd", "data.target=digits_m"],
+                                  ["distill=kd", "data.target=digits_m"]])
+def test_adaptation_and_distillation_do_not_mix(tmp_path: Path, args):
+    result = run_tlrun([*args, *TINY], tmp_path)
+    assert_one_line_error(result, "cannot be combined")
+    assert run_dirs(tmp_path) == []

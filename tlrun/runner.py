@@ -22,10 +22,12 @@ _HYDRA_OWN = {".hydra", "tlrun.log"}
 
 def select_pipeline(cfg: DictConfig) -> str:
     adaptation, distill = cfg.adaptation.method, cfg.distill.method
-    if adaptation != "none" and distill != "none":
-        raise ConfigError(f"adaptation={adaptation} and distill={distill} cannot be combined; "
-                          "set one of them to none")
-    if adaptation != "none" or cfg.data.target is not None or cfg.data.target_root is not None:
+    adapting = adaptation != "none" or cfg.data.target is not None or cfg.data.target_root is not None
+    if adapting and distill != "none":
+        what = f"adaptation={adaptation}" if adaptation != "none" else "data.target"
+        raise ConfigError(f"{what} and distill={distill} cannot be combined in one run; "
+                          "set adaptation=none (and no data.target) or distill=none")
+    if adapting:
         return "adaptation"  # adaptation=none with a target: the source-only baseline
     if distill != "none":
         return distill
