@@ -68,11 +68,12 @@ def test_model_file_reloads_and_reproduces_test_accuracy(lenet_run: Path):
 
 
 def test_never_overwrites_a_finished_run(tmp_path: Path, lenet_run: Path):
-    before = (lenet_run / "metrics.json").read_text()
+    before = {p: p.read_bytes() for p in lenet_run.rglob("*") if p.is_file()}
     result = run_tlrun(["model=lenet", "train.epochs=1", f"hydra.run.dir={lenet_run}", *TINY], tmp_path)
     assert result.returncode != 0
     assert "already holds results" in result.stderr
-    assert (lenet_run / "metrics.json").read_text() == before
+    after = {p: p.read_bytes() for p in lenet_run.rglob("*") if p.is_file()}
+    assert after == before  # not even Hydra's .hydra/ record is rewritten
 
 
 def test_resnet18_linear_probe_trains_5130_parameters(tmp_path: Path):

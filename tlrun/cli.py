@@ -42,6 +42,19 @@ def group_options(group: str) -> list[str]:
     return sorted(names)
 
 
+def refuse_finished_run_dir(path: str) -> None:
+    """Stop before Hydra writes .hydra/ into a finished run folder (never touch a user's results)."""
+    from pathlib import Path
+
+    from tlrun.errors import ConfigError
+    from tlrun.runner import RESULT_FILES
+
+    existing = [name for name in RESULT_FILES if (Path(path) / name).exists()]
+    if existing:
+        raise ConfigError(f"run folder {path} already holds results ({', '.join(existing)}); "
+                          "tlrun never overwrites them: choose another hydra.run.dir")
+
+
 def _override_values(override: Any) -> list[Any]:
     """The concrete values of an override: one, or each element of a choice sweep."""
     from hydra.core.override_parser.types import ChoiceSweep
@@ -69,6 +82,8 @@ def check_overrides(overrides: list[str]) -> None:
         raise ConfigError(f"cannot parse override: {str(exc).splitlines()[0]}") from None
     for override in parsed:
         key = override.key_or_group
+        if key == "hydra.run.dir" and isinstance(override.value(), str):
+            refuse_finished_run_dir(override.value())
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
             continue
         if key in GROUPS or key in OVERLAY_GROUPS:
