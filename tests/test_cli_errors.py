@@ -107,3 +107,12 @@ def test_adaptation_and_distillation_do_not_mix(tmp_path: Path, args):
     result = run_tlrun([*args, *TINY], tmp_path)
     assert_one_line_error(result, "cannot be combined")
     assert run_dirs(tmp_path) == []
+
+
+def test_worker_wrapped_errors_become_one_line():
+    from tlrun.runner import one_line
+
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\ntlrun.errors.DataError: cannot decode image /a/b.png (OSError); fix it')
+    assert one_line(wrapped) == "cannot decode image /a/b.png (OSError); fix it"
+    assert one_line("plain message") == "plain message"

@@ -51,6 +51,14 @@ def resolve_device(device_cfg: DictConfig):
     return torch.device(wanted)
 
 
+def one_line(message: str) -> str:
+    """The user-facing line of an error, also when a DataLoader worker wrapped it in its traceback."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in message:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
 def guard_run_dir(run_dir: Path) -> None:
     existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
     if existing:
@@ -101,7 +109,7 @@ def run_job(cfg: DictConfig) -> dict:
         elif isinstance(exc, FloatingPointError):
             message, code = f"{exc}; lower train.lr or set train.grad_clip", 3
         else:
-            message, code = str(exc), exc.exit_code
+            message, code = one_line(str(exc)), exc.exit_code
         if _is_multirun():
             # The sweep goes on; the job folder keeps failed.json and SweepStatus reports it at the end.
             log.error(message)
