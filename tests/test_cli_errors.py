@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import TINY, assert_one_line_error, make_image_folder, run_dirs, run_tlrun
@@ -91,6 +92,9 @@ def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path: Path):
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     assert (sweep / "0" / "failed.json").is_file()
     assert (sweep / "1" / "metrics.json").is_file()  # the good job still ran
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert summary["status"].tolist() == ["failed", "ok"] and summary["data"].tolist() == ["imagefolder", "digits"]
+    assert "data.root" in summary.loc[0, "error"] and summary.loc[1, "test_acc"] >= 0
 
 
 def test_download_dataset_offline_gives_one_line(tmp_path: Path):

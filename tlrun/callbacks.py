@@ -1,4 +1,4 @@
-"""Hydra callbacks: a sweep reports failed jobs in one line each and exits non-zero at the end."""
+"""Hydra callbacks: at the end of a sweep, rebuild its summary and report failed jobs in one line each."""
 
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-FAILED_FILE = "failed.json"
+from tlrun.sweep import FAILED_FILE, find_jobs, write_report
 
 
 class SweepStatus(Callback):
-    """After a multirun, list the jobs that failed (each wrote failed.json) and exit with code 2."""
+    """After a multirun: sweep_summary.csv + sweep_heatmap.png (final statuses), then list the jobs
+    that failed (each wrote failed.json) and exit with code 2. Each job also rewrites the summary when
+    it ends, so it exists even if Hydra never reaches this point."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted(p.parent for p in sweep_dir.glob("*/.hydra"))
+        jobs = find_jobs(sweep_dir)
+        if jobs:
+            report = write_report(sweep_dir, final=True)
+            print(f"tlrun: sweep summary {report.summary} ({report.jobs} jobs, {report.failed} failed)")
         failed = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
         if failed:
             for job in failed:

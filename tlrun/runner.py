@@ -77,7 +77,7 @@ def _record_failure(run_dir: Path, message: str, code: int) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from tlrun.callbacks import FAILED_FILE
+    from tlrun.sweep import FAILED_FILE
 
     job = HydraConfig.get().job
     (run_dir / FAILED_FILE).write_text(json.dumps({"job": job.num, "overrides": " ".join(job.override_dirname.split(",")),
@@ -91,6 +91,21 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _update_sweep_summary() -> None:
+    """Each sweep job rewrites the sweep's summary when it ends: it is there even when Hydra stops
+    early (a crashed job, a killed launcher) and never waits for the last job."""
+    if not _is_multirun():
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    from tlrun.sweep import write_report
+
+    try:
+        write_report(Path(HydraConfig.get().sweep.dir), final=False)
+    except Exception as exc:  # a summary problem must not fail a finished job
+        log.warning("could not update the sweep summary: %s", exc)
+
+
 def run_job(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
@@ -100,7 +115,9 @@ def run_job(cfg: DictConfig) -> dict:
     try:
         validate_config(cfg)
         guard_run_dir(run_dir)
-        return _run(cfg, run_dir)
+        metrics = _run(cfg, run_dir)
+        _update_sweep_summary()
+        return metrics
     except (TlrunError, FloatingPointError, KeyboardInterrupt) as exc:
         if debug_mode():
             raise
@@ -114,6 +131,7 @@ def run_job(cfg: DictConfig) -> dict:
             # The sweep goes on; the job folder keeps failed.json and SweepStatus reports it at the end.
             log.error(message)
             _record_failure(run_dir, message, code)
+            _update_sweep_summary()
             return {"status": "failed", "error": message}
         _remove_if_empty(run_dir)
         print(f"tlrun: error: {message}", file=sys.stderr)
