@@ -86,15 +86,40 @@ class AdaptationConfig:
 class DistillConfig:
     """Knowledge distillation of a teacher into the run's model (the student)."""
 
-    method: str = choice("none", ("none", "kd"))
+    method: str = choice("none", ("none", "kd", "meta"))
     # A finished run folder or its ft_model.pt; null = fine-tune teacher_model first (cached stage).
     teacher: Optional[str] = None
     teacher_model: str = "mobilenet_v2"
     teacher_freeze: str = choice("none", ("none", "all", "partial", "early", "discriminative"))
     teacher_epochs: int = bounded(4, low=1)
+    # Input size of the teacher stage; null = the data's (a big teacher often wants more pixels than a small student).
+    teacher_image_size: Optional[int] = bounded(None, low=8)
     temperature: float = bounded(4.0, low=0.0, low_open=True)
     # Weight of the soft (teacher) term; 1 - alpha weights the hard-label cross-entropy.
     alpha: float = bounded(0.7, low=0.0, high=1.0)
+    # --- distill=meta: few-shot episodes (N-way K-shot), MAML inner loop on a functional copy ---
+    # meta_distill: inner loss = the KD mix above (alpha) to the teacher's episode soft targets;
+    # maml: inner CE, no teacher; protonet: prototypes on the teacher's features (no training);
+    # kd_finetune: KD on the meta-train classes, then a prototype-initialised head tuned per episode.
+    meta_mode: str = choice("meta_distill", ("meta_distill", "maml", "protonet", "kd_finetune"))
+    n_way: int = bounded(5, low=2)
+    k_shot: int = bounded(5, low=1)
+    n_query: int = bounded(15, low=1)
+    meta_batch: int = bounded(4, low=1)  # episodes per outer step
+    episodes_per_epoch: int = bounded(200, low=1)
+    inner_steps: int = bounded(5, low=1)
+    inner_lr: float = bounded(0.1, low=0.0, low_open=True)
+    eval_inner_steps: int = bounded(10, low=1)  # adaptation steps on meta-val/meta-test episodes
+    first_order: bool = False  # first-order MAML: no gradient through the inner updates
+    outer_alpha: float = bounded(0.0, low=0.0, high=1.0)  # KD share of the outer (query) loss
+    teacher_scale: float = bounded(10.0, low=0.0, low_open=True)  # teacher logits = -scale * normalised dist²
+    # Held-out classes for meta-test (names); null = the last half of the classes (at least n_way).
+    meta_test_classes: Optional[List[str]] = None
+    eval_shots: List[int] = field(default_factory=lambda: [1, 5],
+                                  metadata={"validator": lambda v: None if v and all(int(k) >= 1 for k in v)
+                                            else "give shots >= 1, e.g. distill.eval_shots=[1,5]"})
+    eval_episodes: int = bounded(200, low=1)
+    val_episodes: int = bounded(50, low=1)
 
 
 @dataclass
@@ -123,6 +148,8 @@ class DataConfig:
     resize_size: Optional[int] = None
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
+    # Keep only these classes (names as the data calls them, e.g. [0, 1, 2] for digits); null = all.
+    classes: Optional[List[str]] = None
     # Cap on training images per class (quick experiments, few-shot, tests); null = all.
     max_per_class: Optional[int] = None
     bad_images: str = choice("error", ("error", "skip"))

@@ -169,13 +169,14 @@ class Engine:
     """Trains ``model`` with ``step`` and keeps the run folder's history and checkpoints."""
 
     def __init__(self, *, model: nn.Module, step: TrainStep, optimizer: torch.optim.Optimizer,
-                 train_loader: Iterable, val_loader: DataLoader, placement: Placement, run_dir: Path,
+                 train_loader: Iterable, val_loader: Optional[DataLoader], placement: Placement, run_dir: Path,
                  epochs: int, steps_per_epoch: Optional[int] = None, scheduler: str = "cosine",
                  warmup_epochs: float = 0.0, step_size: int = 10, gamma: float = 0.1,
                  grad_clip: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
-                 auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None) -> None:
+                 auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None,
+                 validate: Optional[Callable[[], EvalResult]] = None) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -190,6 +191,9 @@ class Engine:
         # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
         self.auxiliary = auxiliary
         self.checkpoint_extra = checkpoint_extra or {}
+        # Per-epoch validation; pipelines whose evaluation is not one forward pass (few-shot episodes
+        # adapt the model first) pass their own, else val_loader is evaluated.
+        self.validate = validate or (lambda: self.evaluate(self.val_loader))
         self.history: list[dict] = []
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
@@ -266,7 +270,7 @@ class Engine:
                 started = time.perf_counter()
                 train_metrics = self._train_epoch(epoch, progress)
                 lr = self.optimizer.param_groups[-1]["lr"]
-                val = self.evaluate(self.val_loader)
+                val = self.validate()
                 row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
                        "val_loss": val.loss, "val_acc": val.acc, "lr": lr}
                 row.update(train_metrics)

@@ -83,6 +83,27 @@ def cap_per_class(images: ImageSet, max_per_class: Optional[int], seed: int) -> 
     return images.subset(sorted(keep))
 
 
+def select_classes(source: SourceData, wanted: Optional[list]) -> SourceData:
+    """Keep only the classes named in ``wanted`` (in the source's order), relabelled 0..k-1."""
+    if not wanted:
+        return source
+    names = [str(name) for name in wanted]
+    unknown = [name for name in names if name not in source.classes]
+    if unknown:
+        raise DataError(f"data.classes names {', '.join(unknown)}, which the data does not have; "
+                        f"choose among {', '.join(source.classes)}")
+    keep = [i for i, name in enumerate(source.classes) if name in names]
+    relabel = np.full(len(source.classes), -1)
+    relabel[keep] = np.arange(len(keep))
+    parts = {}
+    for key, images in source.parts.items():
+        index = np.flatnonzero(np.isin(images.labels, keep))
+        subset = images.subset(index)
+        subset.labels = relabel[subset.labels]
+        parts[key] = subset
+    return SourceData([source.classes[i] for i in keep], parts, source.description)
+
+
 def make_splits(source: SourceData, fractions: list[float], seed: int,
                 max_per_class: Optional[int] = None) -> dict[str, ImageSet]:
     """train/val/test, fixed by ``seed``; fixed parts of the source are kept as they are."""
@@ -196,7 +217,7 @@ def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,
     request = DataRequest(name=name, root=root,
                           cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
                           bad_images=data_cfg.bad_images)
-    source = load_source(request)
+    source = select_classes(load_source(request), data_cfg.get("classes"))
     splits = make_splits(source, list(data_cfg.split), seed, data_cfg.max_per_class)
     for split in SPLITS:
         if len(splits[split]) == 0:

@@ -34,6 +34,7 @@ EXTRA_MODELS: dict[str, dict] = {
     "efficientnet_lite0": {},
     "lenet": {"weights": None},
     "small_resnet": {"weights": None},
+    "conv4": {"weights": None},
 }
 
 # Model group options: name -> ModelConfig overrides.

@@ -65,5 +65,23 @@ class SmallResNet(nn.Module):
         return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
 
 
+class Conv4(nn.Module):
+    """The few-shot learning backbone of MAML and ProtoNet: 4 × (conv3x3-64, BN, ReLU, max-pool 2)."""
+
+    def __init__(self, num_classes: int = 5, width: int = 64, in_channels: int = 3) -> None:
+        super().__init__()
+        blocks, ch = [], in_channels
+        for _ in range(4):
+            blocks += [nn.Conv2d(ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            ch = width
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
 MODELS.register("lenet")(ModelSpec(build=LeNet, preprocess=SMALL_PREPROCESS))
 MODELS.register("small_resnet")(ModelSpec(build=SmallResNet, preprocess=SMALL_PREPROCESS))
+MODELS.register("conv4")(ModelSpec(build=Conv4, preprocess=SMALL_PREPROCESS))

@@ -10,6 +10,7 @@ PIPELINE_MODULES = {
     "finetune": "tlrun.pipelines.finetune",
     "adaptation": "tlrun.pipelines.adaptation",
     "kd": "tlrun.pipelines.distill",
+    "meta": "tlrun.pipelines.meta",
 }
 
 

@@ -17,10 +17,11 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,13 +30,14 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.checkpoint import save_atomic
 from tlrun.data.pipeline import ImageDataset, ImageGeometry, RunData, build_transform, load_run_data, make_loader
 from tlrun.data.sources import default_cache_dir
-from tlrun.engine import Engine, Placement, StepOutput
+from tlrun.engine import Engine, FitResult, Placement, StepOutput
 from tlrun.errors import ConfigError, DataError
 from tlrun.freeze import count_params
 from tlrun.methods.kd import distillation_loss
 from tlrun.models.catalog import MODEL_DEFAULTS
-from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
-                                    make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, engine_options,
+                                    make_loaders, make_optimizer, prepare_model, save_model_file,
+                                    write_run_artifacts)
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,9 @@ def cache_root(ctx: RunContext) -> Path:
     return Path(ctx.cfg.data.cache_dir) if ctx.cfg.data.cache_dir else default_cache_dir()
 
 
-def teacher_stage(ctx: RunContext) -> tuple[Path, str]:
-    """Fine-tune distill.teacher_model (or reuse the cached stage with the same config)."""
+def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[Path, str]:
+    """Fine-tune distill.teacher_model (or reuse the cached stage with the same config), on
+    ``classes`` only when given (meta-distillation keeps the held-out classes from the teacher)."""
     from tlrun.pipelines.finetune import run_finetune
 
     cfg = ctx.cfg
@@ -111,6 +114,10 @@ def teacher_stage(ctx: RunContext) -> tuple[Path, str]:
     teacher_cfg.train.epochs = cfg.distill.teacher_epochs
     teacher_cfg.train.progress = cfg.train.progress
     teacher_cfg.distill = {"method": "none"}
+    if cfg.distill.teacher_image_size:
+        teacher_cfg.data.image_size, teacher_cfg.data.resize_size = cfg.distill.teacher_image_size, None
+    if classes is not None:
+        teacher_cfg.data.classes = list(classes)
     # What decides the teacher's weights: model, freeze, data, training recipe, seed, code version.
     key = _digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
                   | {"seed": cfg.seed, "tlrun": tlrun.__version__})
@@ -169,27 +176,47 @@ def latency_ms(model: nn.Module, size: int, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-@PIPELINES.register("kd")
-def run_kd(ctx: RunContext) -> dict:
-    cfg = ctx.cfg
-    augment = cfg.data.augment
-    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
-        raise ConfigError("distill=kd does not support MixUp/CutMix yet (the teacher's cached logits describe "
-                          "unmixed images); set data.augment.mixup_alpha=0 data.augment.cutmix_alpha=0")
-    data = load_run_data(cfg.data, cfg.seed)
-    if cfg.distill.teacher:
-        teacher_path, teacher_source = Path(cfg.distill.teacher).expanduser(), "distill.teacher"
+def load_teacher(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[LoadedModel, Path, str]:
+    """distill.teacher (a run folder or ft_model.pt), else the cached teacher stage."""
+    if ctx.cfg.distill.teacher:
+        teacher_path, teacher_source = Path(ctx.cfg.distill.teacher).expanduser(), "distill.teacher"
     else:
-        teacher_path, teacher_source = teacher_stage(ctx)
+        teacher_path, teacher_source = teacher_stage(ctx, classes)
     teacher_file = teacher_path / "ft_model.pt" if teacher_path.is_dir() else teacher_path
-    teacher = load_run_model(teacher_file, ctx.device)
+    return load_run_model(teacher_file, ctx.device), teacher_file, teacher_source
+
+
+def check_same_classes(teacher: LoadedModel, data: RunData) -> None:
     if teacher.classes != data.classes:
         raise DataError(f"teacher classes ({', '.join(teacher.classes[:5])}...; {len(teacher.classes)}) differ from "
                         f"the data's ({', '.join(data.classes[:5])}...; {len(data.classes)}); distill on the data "
                         "the teacher was trained on")
-    logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
 
-    prepared = prepare_model(ctx, len(data.classes))
+
+def refuse_batch_mixing(cfg: DictConfig) -> None:
+    augment = cfg.data.augment
+    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
+        raise ConfigError("distillation does not support MixUp/CutMix yet (the teacher's cached logits describe "
+                          "unmixed images); set data.augment.mixup_alpha=0 data.augment.cutmix_alpha=0")
+
+
+@dataclass
+class StudentFit:
+    engine: Engine
+    fit: FitResult
+    loaders: Loaders
+    logits_cache: str
+
+
+def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher_file: Path,
+                   prepared: PreparedModel) -> StudentFit:
+    """Train the prepared student on ``data`` with Hinton KD from the teacher's cached train logits
+    (best val checkpoint restored)."""
+    cfg = ctx.cfg
+    augment = cfg.data.augment
+    refuse_batch_mixing(cfg)
+    check_same_classes(teacher, data)
+    logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
     loaders = make_loaders(ctx, data, prepared.geometry)
     train_set = Indexed(ImageDataset(data.splits["train"], build_transform(prepared.geometry, augment, train=True)))
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers)
@@ -201,7 +228,20 @@ def run_kd(ctx: RunContext) -> dict:
                     **engine_options(cfg))
     fit = engine.fit()
     engine.load_best()
-    test = engine.evaluate(loaders.test)
+    return StudentFit(engine, fit, loaders, logits_cache)
+
+
+@PIPELINES.register("kd")
+def run_kd(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    refuse_batch_mixing(cfg)  # before a teacher stage spends minutes
+    data = load_run_data(cfg.data, cfg.seed)
+    teacher, teacher_file, teacher_source = load_teacher(ctx)
+    check_same_classes(teacher, data)
+    prepared = prepare_model(ctx, len(data.classes))
+    student = fit_kd_student(ctx, data, teacher, teacher_file, prepared)
+    fit = student.fit
+    test = student.engine.evaluate(student.loaders.test)
     teacher_test = ImageDataset(data.splits["test"], build_transform(teacher.geometry, None, train=False))
     teacher_predictions = predict_logits(teacher.model, make_loader(teacher_test, cfg.train.eval_batch_size, False, 0),
                                          Placement(ctx.device)).argmax(1).numpy()
@@ -214,7 +254,7 @@ def run_kd(ctx: RunContext) -> dict:
         "teacher": str(teacher_file),
         "teacher_model": teacher.model_name,
         "teacher_source": teacher_source,
-        "teacher_logits_cache": logits_cache,
+        "teacher_logits_cache": student.logits_cache,
         "temperature": cfg.distill.temperature,
         "alpha": cfg.distill.alpha,
         "teacher_test_acc": teacher_acc,
