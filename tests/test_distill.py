@@ -90,3 +90,53 @@ def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path):
                      f"data.root={folder}", "data.image_size=16", *TINY], elsewhere)
     assert_one_line_error(bad, "teacher classes")
     assert run_dirs(elsewhere) == []
+
+
+def test_teacher_logits_cache_is_invalidated_when_teacher_weights_change(tmp_path: Path):
+    teacher_a = tmp_path / "teacher_a"
+    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
+                      f"hydra.run.dir={teacher_a}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    # Same architecture, classes and preprocessing; only the weights differ.
+    teacher_b = tmp_path / "teacher_b"
+    teacher_b.mkdir()
+    saved = torch.load(teacher_a / "ft_model.pt", weights_only=False)
+    saved["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in saved["state_dict"].items()}
+    torch.save(saved, teacher_b / "ft_model.pt")
+    statuses = []
+    for number, teacher in enumerate((teacher_a, teacher_a, teacher_b)):
+        run_dir = tmp_path / f"kd{number}"
+        result = run_tlrun(["distill=kd", "model=lenet", f"distill.teacher={teacher}", "train.epochs=1",
+                            "data.image_size=16", "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}",
+                            f"hydra.run.dir={run_dir}", *TINY], tmp_path)
+        assert result.returncode == 0, result.stderr
+        statuses.append(read_metrics(run_dir)["teacher_logits_cache"])
+    assert statuses == ["miss", "hit", "miss"]
+    assert len(list((tmp_path / "c" / "teacher_logits").glob("*.pt"))) == 2
+
+
+def test_kd_sweep_trains_the_teacher_once_and_summarises_with_a_failed_job(tmp_path: Path):
+    result = run_tlrun(["-m", *KD_TINY, f"data.cache_dir={tmp_path / 'cache'}", "distill.temperature=1,4",
+                        f"distill.teacher=null,{tmp_path / 'missing'}"], tmp_path)
+    assert result.returncode == 2  # a job failed: the sweep says so
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    logs = "".join(p.read_text() for p in sweep.glob("*/tlrun.log"))
+    assert logs.count("Teacher stage: fine-tuning") == 1 and logs.count("Teacher stage: cache hit") == 1
+    assert logs.count("Teacher logits: computing") == 1 and logs.count("Teacher logits: cache hit") == 1
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert len(summary) == 4 and summary["status"].tolist().count("failed") == 2
+    assert summary.loc[summary["status"] == "failed", "error"].str.contains("no ft_model.pt").all()
+    assert (sweep / "sweep_heatmap.png").is_file()
+
+
+def test_optuna_search_optimises_the_named_metric(tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run_tlrun(["hparams_search=kd_optuna", *KD_TINY, f"data.cache_dir={tmp_path / 'cache'}",
+                        "hydra.sweeper.n_trials=2"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "distill.temperature" in best and "best_value" in best
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert len(summary) == 2 and (summary["status"] == "ok").all()
+    assert {"distill.temperature", "distill.alpha"} <= set(summary.columns)

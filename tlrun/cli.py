@@ -106,7 +106,10 @@ def check_overrides(overrides: list[str]) -> None:
 def _run_task(cfg: Any) -> Any:
     from tlrun.runner import run_job
 
-    return run_job(cfg)
+    metrics = run_job(cfg)
+    if cfg.get("optimized_metric"):  # an optimising sweeper (Optuna) reads the task's return value
+        return float(metrics.get(cfg.optimized_metric, float("nan")))
+    return metrics
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from tlrun.errors import ConfigError
 # Config groups that compose a run. Each mirrors a module of the package.
 GROUPS = ("model", "freeze", "adaptation", "distill", "data", "device")
 # Groups with no default that only layer overrides on top (``# @package _global_`` files).
-OVERLAY_GROUPS = ("experiment",)
+OVERLAY_GROUPS = ("experiment", "hparams_search")
 
 
 def choice(default: Any, choices: tuple, help: str = "") -> Any:
@@ -205,6 +205,8 @@ class TlrunConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    # The metrics.json key a run returns to a Hydra sweeper that optimises (hparams_search=...).
+    optimized_metric: Optional[str] = None
 
 
 SCHEMA_NAME = "tlrun_schema"

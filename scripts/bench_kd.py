@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Knowledge-distillation benchmark: student alone vs KD over seeds, and the 4×4 T×α sweep's cost.
+
+    python scripts/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
+
+1. Student alone (distill=none) and KD (T=4, α=0.7) for each seed: test accuracy mean ± std.
+   The teacher (MobileNetV2, ImageNet weights, fine-tuned at 64 px) is a cached stage of each KD run.
+2. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
+   fresh cache: how often the teacher is trained and its train-set logits computed (read from the
+   job logs), the teacher stage's time, and the sweep's wall time without it versus a 16-job
+   student-alone sweep run the same way (`-m seed=0..15`).
+Every run is a normal tlrun run under --out; writes bench_kd.csv and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tlrun.report import markdown_table
+
+STUDENT = ["model=lenet", "data.image_size=32", "train.lr=3e-3", "train.batch_size=64"]
+TEACHER = ["distill.teacher_model=mobilenet_v2", "distill.teacher_epochs=4", "distill.teacher_image_size=64"]
+QUIET = ["train.progress=none", "device=cpu"]
+
+
+def tlrun(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "tlrun", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench_kd: tlrun {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started, result
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+
+
+def compare_seeds(out: Path, common: list[str], seeds: list[int]) -> pd.DataFrame:
+    rows = []
+    for seed in seeds:
+        for method, extra in (("student_alone", ["distill=none"]),
+                              ("kd", ["distill=kd", "distill.temperature=4", "distill.alpha=0.7", *TEACHER])):
+            run_dir = out / "runs" / f"{method}-seed{seed}"
+            if not (run_dir / "metrics.json").is_file():
+                tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
+                       f"data.cache_dir={out / 'cache'}"], out)
+            m = metrics(run_dir)
+            rows.append({"method": method, "seed": seed, "test_acc": m["test_acc"],
+                         "teacher_test_acc": m.get("teacher_test_acc"), "params": m["params_total"],
+                         "params_teacher": m.get("params_teacher"), "latency_ms_student": m.get("latency_ms_student"),
+                         "latency_ms_teacher": m.get("latency_ms_teacher"), "wall_time_s": m["wall_time_s"]})
+            print(f"  {method} seed {seed}: test_acc {m['test_acc']:.4f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def count_in_logs(sweep: Path, pattern: str) -> int:
+    return sum(len(re.findall(pattern, log.read_text())) for log in sweep.glob("*/tlrun.log"))
+
+
+def sweep_cost(out: Path, common: list[str]) -> dict:
+    kd_sweep, alone_sweep = out / "sweep_kd", out / "sweep_alone"
+    cache = out / "sweep_cache"  # fresh: the sweep itself must train the teacher (once)
+    kd_wall, _ = tlrun(["-m", *common, "distill=kd", "distill.temperature=1,3,5,10",
+                        "distill.alpha=0.3,0.5,0.7,0.9", *TEACHER, f"data.cache_dir={cache}",
+                        f"hydra.sweep.dir={kd_sweep}"], out)
+    alone_wall, _ = tlrun(["-m", *common, "distill=none", "seed=" + ",".join(map(str, range(16))),
+                           f"data.cache_dir={cache}", f"hydra.sweep.dir={alone_sweep}"], out)
+    stage_times = [float(t) for log in kd_sweep.glob("*/tlrun.log")
+                   for t in re.findall(r"Teacher stage took ([\d.]+) s", log.read_text())]
+    summary = pd.read_csv(kd_sweep / "sweep_summary.csv")
+    return {
+        "jobs": len(summary), "jobs_ok": int((summary["status"] == "ok").sum()),
+        "teacher_trainings": count_in_logs(kd_sweep, r"Teacher stage: fine-tuning"),
+        "teacher_stage_hits": count_in_logs(kd_sweep, r"Teacher stage: cache hit"),
+        "teacher_logit_computations": count_in_logs(kd_sweep, r"Teacher logits: computing"),
+        "teacher_logit_hits": count_in_logs(kd_sweep, r"Teacher logits: cache hit"),
+        "teacher_stage_s": round(sum(stage_times), 1),
+        "kd_sweep_wall_s": round(kd_wall, 1),
+        "kd_sweep_minus_teacher_s": round(kd_wall - sum(stage_times), 1),
+        "alone_16_jobs_wall_s": round(alone_wall, 1),
+        "ratio": round((kd_wall - sum(stage_times)) / alone_wall, 3),
+        "best_cell": summary.sort_values("test_acc", ascending=False).iloc[0][
+            ["distill.temperature", "distill.alpha", "test_acc"]].to_dict(),
+        "heatmap": str(kd_sweep / "sweep_heatmap.png"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", default="outputs/bench_kd")
+    parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"data={args.data}", *STUDENT, f"train.epochs={args.epochs}", *QUIET, *shlex.split(args.extra)]
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    print(f"1. student alone vs KD on {args.data}, seeds {seeds}", flush=True)
+    runs = compare_seeds(out, common, seeds)
+    runs.to_csv(out / "bench_kd.csv", index=False)
+    alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
+    table = pd.DataFrame([
+        {"model": "teacher mobilenet_v2 (fine-tuned)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
+         "params": int(kd["params_teacher"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_teacher"].median()},
+        {"model": "student lenet alone", "test acc %": mean_std(alone["test_acc"].tolist()),
+         "params": int(alone["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
+        {"model": "student lenet + KD (T=4, α=0.7)", "test acc %": mean_std(kd["test_acc"].tolist()),
+         "params": int(kd["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
+    ])
+    print(markdown_table(table, floatfmt=".2f"))
+    gain = 100 * (kd["test_acc"].mean() - alone["test_acc"].mean())
+    print(f"\nKD gain over the student alone: {gain:+.2f} points (mean of {len(seeds)} seeds)\n", flush=True)
+
+    if not args.skip_sweep:
+        print("2. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)
+        cost = sweep_cost(out, common)
+        (out / "bench_kd_sweep.json").write_text(json.dumps(cost, indent=2) + "\n")
+        print(markdown_table(pd.DataFrame([{k: v for k, v in cost.items() if k not in ("best_cell", "heatmap")}])))
+        print(f"\nbest cell: {cost['best_cell']}; heatmap: {cost['heatmap']}")
+
+
+if __name__ == "__main__":
+    main()
