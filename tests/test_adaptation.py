@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from tlrun.errors import ConfigError
 from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.methods.domain_gap import proxy_a_distance
 from tlrun.pipelines.adaptation import FeatureTap, PairedBatches
@@ -25,12 +26,15 @@ def test_paired_batches_cycle_the_shorter_loader():
     assert [t[0].tolist() for _, t in pairs] == [[100, 101], [102, 103], [100, 101], [102, 103], [100, 101]]
 
 
-def test_feature_tap_keeps_head_input():
+def test_feature_tap_keeps_head_input_or_a_named_layer():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    tap = FeatureTap(model[2])
+    tap, layer_tap = FeatureTap(model, "2"), FeatureTap(model, "2", layer="0")
     x = torch.randn(5, 4)
     model(x)
     assert torch.allclose(tap.features, model[1](model[0](x)))
+    assert torch.allclose(layer_tap.features, model[0](x))
+    with pytest.raises(ConfigError, match="feature_layer=conv9 is not a module"):
+        FeatureTap(model, "2", layer="conv9")
 
 
 def test_proxy_a_distance_separable_vs_identical():

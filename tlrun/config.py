@@ -73,6 +73,8 @@ class AdaptationConfig:
     gamma: float = bounded(10.0, low=0.0, low_open=True)
     # Which features are aligned: the backbone's pooled features (the head's input) or the logits.
     features: str = choice("pooled", ("pooled", "logits"))
+    # With features=pooled: align the output of this module instead of the head's input (null = head input).
+    feature_layer: Optional[str] = None
     discriminator_width: int = bounded(1024, low=1)
     discriminator_depth: int = bounded(2, low=1)
     # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).

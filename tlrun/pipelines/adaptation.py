@@ -52,14 +52,23 @@ class PairedBatches:
 
 
 class FeatureTap:
-    """Keeps the input of the classifier head (the backbone's pooled features) of the last forward."""
+    """Keeps the features of the last forward: the input of the classifier head (the backbone's pooled
+    features) or, with ``layer``, the output of that module (e.g. LeNet's ``pool``: the DANN paper
+    attaches its domain classifier after the convolutional feature extractor)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head_name: str, layer: Optional[str] = None) -> None:
         self.features: Optional[torch.Tensor] = None
-        head.register_forward_pre_hook(self._keep)
+        if layer:
+            names = [name for name, _ in model.named_modules() if name]
+            if layer not in names:
+                raise ConfigError(f"adaptation.feature_layer={layer} is not a module of the model; "
+                                  f"choose one of: {', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
+            model.get_submodule(layer).register_forward_hook(lambda _m, _args, output: self._keep(output))
+        else:
+            model.get_submodule(head_name).register_forward_pre_hook(lambda _m, args: self._keep(args[0]))
 
-    def _keep(self, _module: nn.Module, args: tuple) -> None:
-        self.features = args[0].flatten(1)
+    def _keep(self, features: torch.Tensor) -> None:
+        self.features = features.flatten(1)
 
 
 class Alignment(Protocol):
@@ -171,7 +180,7 @@ def run_adaptation(ctx: RunContext) -> dict:
                     source.classes, target.classes)
     prepared = prepare_model(ctx, len(source.classes))
     model, placement = prepared.model, ctx.placement
-    tap = FeatureTap(model.get_submodule(prepared.built.head_name))
+    tap = FeatureTap(model, prepared.built.head_name, cfg.adaptation.feature_layer)
     loaders = make_loaders(ctx, source, prepared.geometry)
     eval_tf = build_transform(prepared.geometry, None, train=False)
     train_tf = build_transform(prepared.geometry, cfg.data.augment, train=True)
