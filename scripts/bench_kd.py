@@ -3,9 +3,10 @@
 
     python scripts/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
 
-1. Student alone (distill=none) and KD (T=4, α=0.7) for each seed: test accuracy mean ± std.
-   The teacher (MobileNetV2, ImageNet weights, fine-tuned at 64 px) is a cached stage of each KD run.
-2. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
+1. A teacher run: MobileNetV2 (ImageNet weights) fine-tuned at --teacher-size px for --teacher-epochs.
+2. Student alone (distill=none) and KD from that teacher (distill.teacher=<its folder>, T=4, α=0.7) for
+   each seed: test accuracy mean ± std.
+3. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
    fresh cache: how often the teacher is trained and its train-set logits computed (read from the
    job logs), the teacher stage's time, and the sweep's wall time without it versus a 16-job
    student-alone sweep run the same way (`-m seed=0..15`).
@@ -29,7 +30,8 @@ import pandas as pd
 from tlrun.report import markdown_table
 
 STUDENT = ["model=lenet", "data.image_size=32", "train.lr=3e-3", "train.batch_size=64"]
-TEACHER = ["distill.teacher_model=mobilenet_v2", "distill.teacher_epochs=4", "distill.teacher_image_size=64"]
+# The sweep's own teacher stage (trained inside the sweep, once).
+SWEEP_TEACHER = ["distill.teacher_model=mobilenet_v2", "distill.teacher_epochs=4", "distill.teacher_image_size=64"]
 QUIET = ["train.progress=none", "device=cpu"]
 
 
@@ -50,11 +52,21 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def compare_seeds(out: Path, common: list[str], seeds: list[int]) -> pd.DataFrame:
+def train_teacher(out: Path, common: list[str], size: int, epochs: int) -> Path:
+    run_dir = out / "runs" / "teacher"
+    if not (run_dir / "metrics.json").is_file():
+        wall, _ = tlrun([*common, "model=mobilenet_v2", f"data.image_size={size}", f"train.epochs={epochs}",
+                         "train.lr=3e-3", "seed=0", f"hydra.run.dir={run_dir}"], out)
+        print(f"  teacher: test_acc {metrics(run_dir)['test_acc']:.4f} ({wall:.0f} s)", flush=True)
+    return run_dir
+
+
+def compare_seeds(out: Path, common: list[str], seeds: list[int], teacher: Path) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for method, extra in (("student_alone", ["distill=none"]),
-                              ("kd", ["distill=kd", "distill.temperature=4", "distill.alpha=0.7", *TEACHER])):
+                              ("kd", ["distill=kd", "distill.temperature=4", "distill.alpha=0.7",
+                                      f"distill.teacher={teacher}"])):
             run_dir = out / "runs" / f"{method}-seed{seed}"
             if not (run_dir / "metrics.json").is_file():
                 tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
@@ -73,10 +85,11 @@ def count_in_logs(sweep: Path, pattern: str) -> int:
 
 
 def sweep_cost(out: Path, common: list[str]) -> dict:
+    # The student recipe of part 2 (model, lr, batch), --sweep-epochs long; seed 0 for every KD job.
     kd_sweep, alone_sweep = out / "sweep_kd", out / "sweep_alone"
     cache = out / "sweep_cache"  # fresh: the sweep itself must train the teacher (once)
     kd_wall, _ = tlrun(["-m", *common, "distill=kd", "distill.temperature=1,3,5,10",
-                        "distill.alpha=0.3,0.5,0.7,0.9", *TEACHER, f"data.cache_dir={cache}",
+                        "distill.alpha=0.3,0.5,0.7,0.9", *SWEEP_TEACHER, f"data.cache_dir={cache}",
                         f"hydra.sweep.dir={kd_sweep}"], out)
     alone_wall, _ = tlrun(["-m", *common, "distill=none", "seed=" + ",".join(map(str, range(16))),
                            f"data.cache_dir={cache}", f"hydra.sweep.dir={alone_sweep}"], out)
@@ -107,19 +120,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="outputs/bench_kd")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
+    parser.add_argument("--teacher-size", type=int, default=96)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--sweep-epochs", type=int, default=5, help="student epochs of each sweep job")
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    common = [f"data={args.data}", *STUDENT, f"train.epochs={args.epochs}", *QUIET, *shlex.split(args.extra)]
+    data = [f"data={args.data}", *QUIET, *shlex.split(args.extra)]
+    common = [*data, *STUDENT, f"train.epochs={args.epochs}"]
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    print(f"1. student alone vs KD on {args.data}, seeds {seeds}", flush=True)
-    runs = compare_seeds(out, common, seeds)
+    print(f"1. teacher on {args.data}", flush=True)
+    teacher = train_teacher(out, data, args.teacher_size, args.teacher_epochs)
+    print(f"2. student alone vs KD, seeds {seeds}", flush=True)
+    runs = compare_seeds(out, common, seeds, teacher)
     runs.to_csv(out / "bench_kd.csv", index=False)
     alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
     table = pd.DataFrame([
-        {"model": "teacher mobilenet_v2 (fine-tuned)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
+        {"model": f"teacher mobilenet_v2 (fine-tuned, {args.teacher_size} px)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
          "params": int(kd["params_teacher"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_teacher"].median()},
         {"model": "student lenet alone", "test acc %": mean_std(alone["test_acc"].tolist()),
          "params": int(alone["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
@@ -131,8 +150,8 @@ def main() -> None:
     print(f"\nKD gain over the student alone: {gain:+.2f} points (mean of {len(seeds)} seeds)\n", flush=True)
 
     if not args.skip_sweep:
-        print("2. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)
-        cost = sweep_cost(out, common)
+        print("3. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)
+        cost = sweep_cost(out, [*common, f"train.epochs={args.sweep_epochs}"])
         (out / "bench_kd_sweep.json").write_text(json.dumps(cost, indent=2) + "\n")
         print(markdown_table(pd.DataFrame([{k: v for k, v in cost.items() if k not in ("best_cell", "heatmap")}])))
         print(f"\nbest cell: {cost['best_cell']}; heatmap: {cost['heatmap']}")

@@ -41,6 +41,35 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _generators(stream: Any, found: dict[int, Any]) -> dict[int, Any]:
+    """The torch/NumPy generators that decide a training stream's order and augmentation draws:
+    a DataLoader's, those of PairedBatches' two loaders, an episode sampler's."""
+    for value in (getattr(stream, "generator", None), getattr(stream, "rng", None)):
+        if isinstance(value, (torch.Generator, np.random.Generator)):
+            found.setdefault(id(value), value)
+    for child in ("source", "target", "sampler"):
+        nested = getattr(stream, child, None)
+        if nested is not None and nested is not stream:
+            _generators(nested, found)
+    return found
+
+
+def capture_stream_rng(stream: Any) -> list:
+    return [g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state
+            for g in _generators(stream, {}).values()]
+
+
+def restore_stream_rng(stream: Any, states: list) -> None:
+    generators = list(_generators(stream, {}).values())
+    if len(generators) != len(states):
+        raise ValueError(f"the checkpoint holds {len(states)} data-order generators, this run has {len(generators)}")
+    for generator, state in zip(generators, states):
+        if isinstance(generator, torch.Generator):
+            generator.set_state(state)
+        else:
+            generator.bit_generator.state = state
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -103,6 +103,67 @@ def check_overrides(overrides: list[str]) -> None:
             check_value(key, field, value)
 
 
+def _resumable_folder(path: "Any") -> bool:
+    from tlrun.runner import run_status
+
+    return (path / "checkpoints" / "last.pt").is_file() and run_status(path) in (None, "interrupted")
+
+
+def resolve_resume(argv: list[str]) -> list[str]:
+    """train.resume=<run folder|checkpoint|auto> → the run goes on in that folder (hydra.run.dir).
+
+    auto picks the newest resumable run under outputs/ whose overrides equal this command's (apart
+    from train.resume); with none, a new run starts."""
+    from pathlib import Path
+
+    import yaml
+
+    from tlrun.errors import ConfigError
+
+    given = [a for a in argv if a.startswith("train.resume=")]
+    if not given or given[-1].split("=", 1)[1] in ("", "null"):
+        return argv
+    value = given[-1].split("=", 1)[1]
+    rest = [a for a in argv if not a.startswith("train.resume=")]
+    if any(a.startswith("hydra.run.dir=") for a in rest) or "-m" in rest or "--multirun" in rest:
+        raise ConfigError("train.resume picks the run folder itself: drop hydra.run.dir and -m")
+    if value == "auto":
+        wanted = sorted(a for a in rest if not a.startswith("-"))
+        candidates = []
+        for overrides in Path("outputs").glob("*/*/.hydra/overrides.yaml"):
+            folder = overrides.parent.parent
+            previous = sorted(a for a in yaml.safe_load(overrides.read_text()) or []
+                              if not a.startswith("train.resume="))
+            if previous == wanted and _resumable_folder(folder):
+                candidates.append(folder)
+        if not candidates:
+            print("tlrun: train.resume=auto: no unfinished run with these overrides under outputs/; starting a new run",
+                  file=sys.stderr)
+            return rest
+        folder = max(candidates, key=lambda f: (f / "checkpoints" / "last.pt").stat().st_mtime)
+        print(f"tlrun: resuming {folder.resolve()}", file=sys.stderr)
+    else:
+        path = Path(value).expanduser()
+        folder = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else \
+            path.parent if path.is_file() else path
+        if not folder.is_dir():
+            raise ConfigError(f"train.resume={value}: no such run folder; give the folder of an interrupted run "
+                              "(or train.resume=auto)")
+    return [*rest, f"train.resume={folder.resolve()}", f"hydra.run.dir={folder.resolve()}"]
+
+
+def scratch_for_other_ranks(argv: list[str]) -> list[str]:
+    """Under torchrun only rank 0 writes the run folder; the other ranks get a private scratch folder
+    (removed when they finish) and learn rank 0's folder by broadcast."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return argv
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"tlrun-rank{os.environ['RANK']}-")
+    kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return [*kept, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
 def _run_task(cfg: Any) -> Any:
     from tlrun.runner import run_job
 
@@ -125,6 +186,10 @@ def main() -> None:
         try:
             args = get_args_parser().parse_args(argv)
             check_overrides(args.overrides)
+            resolved = scratch_for_other_ranks(resolve_resume(args.overrides))
+            if resolved != args.overrides:
+                flags = [a for a in argv if a not in args.overrides]
+                sys.argv = [sys.argv[0], *flags, *resolved]
         except TlrunError as exc:
             if debug_mode():
                 raise

@@ -170,6 +170,12 @@ class DeviceConfig:
     threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch's default
     # NHWC memory layout: measured ~2x faster MobileNetV2 training on a 2-core CPU (oneDNN).
     channels_last: bool = True
+    # Mixed precision: bf16 autocast (CPU and recent GPUs), fp16 autocast + GradScaler (CUDA).
+    amp: str = choice("off", ("off", "bf16", "fp16"))
+    compile: bool = False  # torch.compile the model (first steps slower while it compiles)
+    pin_memory: Optional[bool] = None  # null = on for CUDA
+    # Deterministic kernels (torch.use_deterministic_algorithms); cuDNN autotuning is off then.
+    deterministic: bool = False
 
 
 @dataclass
@@ -195,6 +201,9 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: str = choice("auto", ("auto", "rich", "plain", "none"))
+    # Continue an interrupted run: its folder (or a checkpoint in it), or auto = the newest unfinished
+    # run under outputs/ launched with the same overrides. The run goes on in that folder.
+    resume: Optional[str] = None
 
 
 @dataclass

@@ -4,9 +4,12 @@ per-epoch extra metrics)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlrun.checkpoint import capture_rng, save_atomic
+from tlrun.checkpoint import capture_rng, capture_stream_rng, restore_rng, restore_stream_rng, save_atomic
+from tlrun.errors import CheckpointError, RunInterrupted
 from tlrun.freeze import FreezePlan
+from tlrun import distributed
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,12 @@ class Placement:
 
     device: torch.device
     channels_last: bool = False
+    amp: str = "off"  # off | bf16 | fp16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
@@ -165,6 +176,34 @@ class Progress:
             self.bar.stop()
 
 
+class InterruptFlag:
+    """SIGTERM / SIGUSR1 (SLURM and cloud preemption) and Ctrl-C ask training to stop after the
+    current step; a second Ctrl-C stops at once. Handlers are installed only while fitting, and only
+    from the main thread (where Python delivers signals)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.received: Optional[str] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: stopping after the current step (checkpoints/last.pt keeps the last epoch)",
+                    self.received)
+
+    def __enter__(self) -> "InterruptFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Engine:
     """Trains ``model`` with ``step`` and keeps the run folder's history and checkpoints."""
 
@@ -176,7 +215,7 @@ class Engine:
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
                  auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None,
-                 validate: Optional[Callable[[], EvalResult]] = None) -> None:
+                 validate: Optional[Callable[[], EvalResult]] = None, resume: Optional[Path] = None) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -196,6 +235,12 @@ class Engine:
         self.validate = validate or (lambda: self.evaluate(self.val_loader))
         self.history: list[dict] = []
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        # The interrupted run folder to continue from (its checkpoints/last.pt); torchrun's other ranks
+        # write into scratch folders but read the real one.
+        self.resume = Path(resume) if resume else None
+        # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not.
+        self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp == "fp16")
+        self.interrupt = InterruptFlag()
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -203,7 +248,8 @@ class Engine:
         self.model.eval()
         losses, targets, probabilities = [], [], []
         for images, labels in loader:
-            logits = self.model(self.placement.images(images)).float()
+            with self.placement.autocast():
+                logits = self.model(self.placement.images(images)).float()
             labels = self.placement.labels(labels)
             losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
             targets.append(labels.cpu())
@@ -228,18 +274,27 @@ class Engine:
         loss_sum, correct, seen = 0.0, 0, 0
         extra_sums: dict[str, float] = {}
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for loader in (self.train_loader, getattr(self.train_loader, "source", None),
+                       getattr(self.train_loader, "target", None)):
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):  # torchrun: a new shard order per epoch
+                loader.sampler.set_epoch(epoch)
         iterator = iter(self.train_loader)
         for index in range(self.steps_per_epoch):
             batch = next(iterator)
             done = ((epoch - 1) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
-            out = self.step(batch, done)
+            with self.placement.autocast():
+                out = self.step(batch, done)
             if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1}")
+                raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1} "
+                                         f"(checkpoints/last.pt keeps epoch {epoch - 1})")
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            self.scaler.scale(out.loss).backward()
+            distributed.average_gradients(trainable)
             if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(trainable, self.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             n = len(out.targets)
             loss_sum += out.loss.item() * n
@@ -248,24 +303,71 @@ class Engine:
             for key, value in out.logs.items():
                 extra_sums[key] = extra_sums.get(key, 0.0) + float(value) * n
             progress.step(out.loss.item())
+            if self._interrupted():
+                raise RunInterrupted(self.interrupt.received or "a signal to another rank", epoch - 1)
+        keys = sorted(extra_sums)
+        loss_sum, correct, seen, *extras = distributed.sum_over_ranks(loss_sum, correct, seen,
+                                                                      *(extra_sums[k] for k in keys))
         metrics = {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
-        metrics.update({k: v / max(1, seen) for k, v in extra_sums.items()})
+        metrics.update({k: v / max(1, seen) for k, v in zip(keys, extras)})
         return metrics
+
+    def _interrupted(self) -> bool:
+        """Under torchrun every rank must stop at the same step, whichever rank got the signal."""
+        if distributed.world_size() == 1:
+            return self.interrupt.received is not None
+        return distributed.sum_over_ranks(1.0 if self.interrupt.received else 0.0)[0] > 0
 
     def _checkpoint_state(self, epoch: int, best: dict) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng(), "best": dict(best),
                 "history": list(self.history),
                 "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else None,
+                "scaler": self.scaler.state_dict(), "stream_rng": capture_stream_rng(self.train_loader),
                 **self.checkpoint_extra}
+
+    def _restore(self) -> tuple[int, dict]:
+        """Continue from checkpoints/last.pt: weights, optimizer, schedule, history, early-stopping
+        state and every RNG, so the rest of the run is what it would have been without the stop."""
+        path = self.resume / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoints/last.pt (the run stopped "
+                                  "before its first epoch ended); start it again without train.resume")
+        try:
+            state = torch.load(path, map_location=self.placement.device, weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} ({type(exc).__name__}: the file is truncated or not a tlrun "
+                                  "checkpoint); remove it and start again without train.resume") from exc
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.auxiliary is not None:
+                self.auxiliary.load_state_dict(state["auxiliary"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} was written by another model, class count or method "
+                                  f"({str(exc).splitlines()[0][:160]}); resume with the overrides of that run") from exc
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state.get("scaler") or {})
+        self.history = list(state["history"])
+        restore_rng(state["rng"])
+        restore_stream_rng(self.train_loader, state.get("stream_rng", []))
+        log.info("Resuming after epoch %d of %d from %s", state["epoch"], self.epochs, path)
+        return state["epoch"] + 1, dict(state["best"])
 
     def fit(self) -> FitResult:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
-        progress = Progress(self.progress_mode, self.epochs, self.steps_per_epoch)
+        first_epoch = 1
+        distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
+        if self.auxiliary is not None:
+            distributed.broadcast_parameters(self.auxiliary)
+        if self.resume:
+            first_epoch, best = self._restore()
+        progress = Progress(self.progress_mode if distributed.is_main() else "none", self.epochs, self.steps_per_epoch)
         stopped_early = False
         try:
-            for epoch in range(1, self.epochs + 1):
+            self.interrupt.__enter__()
+            for epoch in range(first_epoch, self.epochs + 1):
                 progress.start_epoch(epoch)
                 started = time.perf_counter()
                 train_metrics = self._train_epoch(epoch, progress)
@@ -289,11 +391,14 @@ class Engine:
                 if improved:
                     save_atomic(state, self.checkpoint_dir / "best.pt")
                 progress.end_epoch(row)
+                if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
+                    raise RunInterrupted(self.interrupt.received or "a signal to another rank", epoch)
                 if self.patience is not None and best["stale"] >= self.patience:
                     log.info("Early stopping: val_acc has not improved for %d epochs", self.patience)
                     stopped_early = True
                     break
         finally:
+            self.interrupt.__exit__()
             progress.close()
         return FitResult(best["epoch"], best["val_acc"], self.history[-1]["val_acc"], len(self.history),
                          stopped_early, pd.DataFrame(self.history))

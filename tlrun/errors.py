@@ -23,3 +23,18 @@ class DataError(TlrunError):
 
 class WeightsError(TlrunError):
     """Pretrained weights that cannot be found, loaded or downloaded."""
+
+
+class CheckpointError(TlrunError):
+    """A checkpoint that cannot be read, or was written by another model or class count."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM/SIGUSR1/SIGINT arrived: training stopped after the current step, checkpoints/last.pt
+    (the last completed epoch) is intact and the run can be resumed."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later" — what a preempted job is
+
+    def __init__(self, signal_name: str, epochs_done: int) -> None:
+        super().__init__(f"interrupted by {signal_name} after {epochs_done} completed epoch(s)")
+        self.signal_name, self.epochs_done = signal_name, epochs_done

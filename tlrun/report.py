@@ -112,6 +112,10 @@ def print_summary(metrics: dict, run_dir: Path, keys: Optional[list[str]] = None
     from rich.console import Console
     from rich.table import Table
 
+    from tlrun import distributed
+
+    if not distributed.is_main():
+        return
     keys = keys or ["pipeline", "model", "data", "target", "test_acc", "target_acc", "target_acc_last",
                     "best_val_acc", "best_epoch",
                     "params_trainable", "params_total", "wall_time_s", "device"]

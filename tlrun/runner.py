@@ -6,11 +6,12 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 
 from tlrun.config import validate_config
-from tlrun.errors import ConfigError, TlrunError
+from tlrun.errors import ConfigError, RunInterrupted, TlrunError
 
 log = logging.getLogger("tlrun")
 
@@ -38,6 +39,14 @@ def resolve_device(device_cfg: DictConfig):
     import torch
 
     wanted = device_cfg.type
+    if device_cfg.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     if device_cfg.threads:
         torch.set_num_threads(int(device_cfg.threads))
     mps = getattr(torch.backends, "mps", None)
@@ -48,6 +57,9 @@ def resolve_device(device_cfg: DictConfig):
         raise ConfigError("device=cuda but this machine has no usable CUDA GPU; use device=auto or device=cpu")
     elif wanted == "mps" and not mps_ok:
         raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
+    if device_cfg.amp == "fp16" and wanted == "cpu":
+        raise ConfigError("device.amp=fp16 needs a GPU (float16 on CPU is slow and imprecise); use device.amp=bf16 "
+                          "on CPU, or device.amp=off")
     return torch.device(wanted)
 
 
@@ -59,11 +71,45 @@ def one_line(message: str) -> str:
     return " ".join(line.strip() for line in lines)
 
 
-def guard_run_dir(run_dir: Path) -> None:
+def run_status(run_dir: Path) -> Optional[str]:
+    """ "ok"/"interrupted" from metrics.json, None when the run has not finished or stopped cleanly."""
+    import json
+
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        return json.loads(metrics.read_text()).get("status", "ok")
+    except ValueError:
+        return "unreadable"
+
+
+def guard_run_dir(run_dir: Path, resume: bool = False) -> None:
+    if resume:
+        status = run_status(run_dir)
+        if status not in (None, "interrupted"):
+            raise ConfigError(f"run {run_dir} already finished (metrics.json status {status}); nothing to resume, "
+                              "and tlrun never overwrites results")
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"nothing to resume in {run_dir}: no checkpoints/last.pt; give the folder of a run "
+                              "that completed at least one epoch, or drop train.resume")
+        return
     existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
     if existing:
         raise ConfigError(f"run folder {run_dir} already holds results ({', '.join(existing)}); "
-                          "tlrun never overwrites them: choose another hydra.run.dir")
+                          "tlrun never overwrites them: choose another hydra.run.dir (or train.resume=<it> "
+                          "to continue an interrupted run)")
+
+
+def _record_interruption(run_dir: Path, exc: "RunInterrupted") -> None:
+    """metrics.json says the run stopped and how to continue it (the folder stays resumable)."""
+    import json
+    import sys as _sys
+
+    overrides = [a for a in _sys.argv[1:] if not a.startswith(("train.resume=", "hydra.run.dir=", "-"))]
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "status": "interrupted", "signal": exc.signal_name, "epochs_done": exc.epochs_done,
+        "resume_with": " ".join(["tlrun", *overrides, f"train.resume={run_dir}"])}, indent=2) + "\n")
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -114,10 +160,18 @@ def run_job(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate_config(cfg)
-        guard_run_dir(run_dir)
+        if _launch_rank() == 0:  # torchrun's other ranks write only into their scratch folders
+            guard_run_dir(run_dir, resume=bool(cfg.train.resume))
         metrics = _run(cfg, run_dir)
         _update_sweep_summary()
         return metrics
+    except RunInterrupted as exc:
+        if debug_mode():
+            raise
+        _record_interruption(run_dir, exc)
+        _update_sweep_summary()
+        print(f"tlrun: {exc}; checkpoints/last.pt kept; continue with train.resume={run_dir}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except (TlrunError, FloatingPointError, KeyboardInterrupt) as exc:
         if debug_mode():
             raise
@@ -138,12 +192,31 @@ def run_job(cfg: DictConfig) -> dict:
         sys.exit(code)
 
 
+def _launch_rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _run(cfg: DictConfig, run_dir: Path) -> dict:
+    from tlrun import distributed
     from tlrun.checkpoint import seed_everything
     from tlrun.pipelines import get_pipeline
     from tlrun.pipelines.common import RunContext
 
     device = resolve_device(cfg.device)
+    rank_device = distributed.init(device.type)
+    if rank_device is not None:
+        device = rank_device
+        shared = distributed.broadcast_object(str(run_dir))
+        log.info("torchrun rank %d of %d on %s; run folder %s", distributed.rank(), distributed.world_size(),
+                 device, shared)
+        if not distributed.is_main():
+            try:
+                seed_everything(cfg.seed)
+                return get_pipeline(select_pipeline(cfg))(RunContext(cfg, run_dir, device))
+            finally:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a scratch folder: rank 0 writes the results
     seed_everything(cfg.seed)
     name = select_pipeline(cfg)
     pipeline = get_pipeline(name)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision.transforms import InterpolationMode, v2
 
 from tlrun.data.sources import DataRequest, ImageSet, SourceData, default_cache_dir, load_source
@@ -229,9 +229,21 @@ def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0,
                 collate: Optional[Callable] = None, pin_memory: bool = False) -> DataLoader:
+    from tlrun import distributed
+
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator if train else None,
+    sampler, shuffle, size = None, train, len(dataset)  # type: ignore[arg-type]
+    if train and distributed.world_size() > 1:
+        # Each rank trains on its own shard of every epoch (the engine calls set_epoch).
+        world = distributed.world_size()
+        if size < world:
+            raise DataError(f"the training set has {size} images but torchrun started {world} processes; "
+                            "lower --nproc_per_node or use more data")
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=seed)
+        shuffle, size = False, len(sampler)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                      generator=generator if train else None,
                       num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0,
                       # A last batch of one image breaks BatchNorm in training.
-                      drop_last=train and len(dataset) > batch_size)
+                      drop_last=train and size > batch_size)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import tlrun
+from tlrun import distributed
 from tlrun.checkpoint import save_atomic
 from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform,
                                  make_loader)
@@ -38,7 +39,7 @@ class RunContext:
 
     @property
     def placement(self) -> Placement:
-        return Placement(self.device, bool(self.cfg.device.channels_last))
+        return Placement(self.device, bool(self.cfg.device.channels_last), self.cfg.device.amp)
 
 
 Pipeline = Callable[[RunContext], dict]
@@ -67,6 +68,8 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
                      trainable_stages=freeze_cfg.trainable_stages, lr_decay=freeze_cfg.lr_decay,
                      train_frozen_bn=freeze_cfg.train_frozen_bn)
     ctx.placement.model(built.model)
+    if ctx.cfg.device.compile:
+        built.model.compile()  # in place: state_dict keys, hooks and checkpoints stay those of the model
     log.info("Freeze %s: %d stages, %d frozen; %s of %s parameters train", freeze_cfg.strategy,
              len(plan.stages), len(plan.frozen_stages),
              f"{count_params(p for p in built.model.parameters() if p.requires_grad):,}",
@@ -95,7 +98,7 @@ def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loa
     cfg = ctx.cfg
     augment = cfg.data.augment
     train_tf, eval_tf = build_transform(geometry, augment, train=True), build_transform(geometry, None, train=False)
-    workers, pin = cfg.device.num_workers, ctx.device.type == "cuda"
+    workers, pin = cfg.device.num_workers, pin_memory(cfg, ctx.device)
     return Loaders(
         train=make_loader(ImageDataset(data.splits["train"], train_tf), cfg.train.batch_size, True, cfg.seed,
                           workers, batch_mixer(augment, len(data.classes)), pin),
@@ -106,13 +109,26 @@ def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loa
     )
 
 
+def pin_memory(cfg: DictConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if cfg.device.pin_memory is None else bool(cfg.device.pin_memory)
+
+
+def device_settings(ctx: RunContext) -> dict:
+    """What the run actually ran on, for metrics.json."""
+    cfg = ctx.cfg.device
+    return {"type": str(ctx.device), "amp": cfg.amp, "compile": cfg.compile, "channels_last": cfg.channels_last,
+            "threads": torch.get_num_threads(), "num_workers": cfg.num_workers, "pin_memory": pin_memory(ctx.cfg, ctx.device),
+            "deterministic": cfg.deterministic, "world_size": distributed.world_size(),
+            "cuda_device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None}
+
+
 def engine_options(cfg: DictConfig) -> dict:
     """The Engine keyword arguments that come straight from train.*."""
     train = cfg.train
     return dict(epochs=train.epochs, scheduler=train.scheduler, warmup_epochs=train.warmup_epochs,
                 step_size=train.step_size, gamma=train.gamma, grad_clip=train.grad_clip,
                 patience=train.early_stopping.patience, min_delta=train.early_stopping.min_delta,
-                progress=train.progress)
+                progress=train.progress, resume=Path(train.resume) if train.resume else None)
 
 
 def save_model_file(ctx: RunContext, prepared: PreparedModel, data: RunData, path: Optional[Path] = None) -> Path:
@@ -148,6 +164,7 @@ def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: 
         "params_trainable": count_params(p for p in model.parameters() if p.requires_grad),
         "wall_time_s": round(time.perf_counter() - ctx.started, 2),
         "device": str(ctx.device),
+        "device_settings": device_settings(ctx),
         "model": ctx.cfg.model.name,
         "weights": prepared.built.weights,
         "weights_source": prepared.built.weights_source,
