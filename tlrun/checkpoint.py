@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlrun.errors import CheckpointError
+
 
 def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temp file, fsync, rename: the previous file stays whole until the new one is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -21,6 +25,14 @@ def save_atomic(obj: Any, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as RuntimeError
+        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            raise
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        code = getattr(exc, "errno", None)
+        reason = "the disk is full" if code == errno.ENOSPC else getattr(exc, "strerror", None) or "the write failed"
+        raise CheckpointError(f"could not write {path}: {reason} ({kept}); free space or point "
+                              "hydra.run.dir / data.cache_dir elsewhere, then resume with train.resume") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

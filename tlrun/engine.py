@@ -285,8 +285,8 @@ class Engine:
             with self.placement.autocast():
                 out = self.step(batch, done)
             if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1} "
-                                         f"(checkpoints/last.pt keeps epoch {epoch - 1})")
+                kept = f"checkpoints/last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written yet"
+                raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1} ({kept})")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             distributed.average_gradients(trainable)

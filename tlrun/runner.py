@@ -114,7 +114,8 @@ def _record_interruption(run_dir: Path, exc: "RunInterrupted") -> None:
 
 def _remove_if_empty(run_dir: Path) -> None:
     """A job that failed before producing anything leaves no run folder behind."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_OWN:
+    produced = {p.name for p in run_dir.iterdir() if not (p.is_dir() and not any(p.iterdir()))} if run_dir.is_dir() else set()
+    if run_dir.is_dir() and produced <= _HYDRA_OWN:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -152,6 +153,20 @@ def _update_sweep_summary() -> None:
         log.warning("could not update the sweep summary: %s", exc)
 
 
+def describe_failure(exc: BaseException) -> Optional[tuple[str, int]]:
+    """(one line, exit code) for failures a user can act on; None: a bug, keep the traceback."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(exc, FloatingPointError):
+        return f"{exc}; lower train.lr or set train.grad_clip", 3
+    if isinstance(exc, TlrunError):
+        return one_line(str(exc)), exc.exit_code
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return ("the GPU ran out of memory; lower train.batch_size (and train.eval_batch_size), use device.amp=bf16 "
+                "or fp16, or a smaller data.image_size"), 4
+    return None
+
+
 def run_job(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
@@ -172,15 +187,11 @@ def run_job(cfg: DictConfig) -> dict:
         _update_sweep_summary()
         print(f"tlrun: {exc}; checkpoints/last.pt kept; continue with train.resume={run_dir}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (TlrunError, FloatingPointError, KeyboardInterrupt) as exc:
-        if debug_mode():
+    except (TlrunError, FloatingPointError, KeyboardInterrupt, RuntimeError) as exc:
+        described = describe_failure(exc)
+        if described is None or debug_mode():
             raise
-        if isinstance(exc, KeyboardInterrupt):
-            message, code = "interrupted", 130
-        elif isinstance(exc, FloatingPointError):
-            message, code = f"{exc}; lower train.lr or set train.grad_clip", 3
-        else:
-            message, code = one_line(str(exc)), exc.exit_code
+        message, code = described
         if _is_multirun():
             # The sweep goes on; the job folder keeps failed.json and SweepStatus reports it at the end.
             log.error(message)
