@@ -32,7 +32,7 @@ from tlrun.report import markdown_table
 STUDENT = ["model=lenet", "data.image_size=32", "train.lr=3e-3", "train.batch_size=64"]
 # The sweep's own teacher stage (trained inside the sweep, once).
 SWEEP_TEACHER = ["distill.teacher_model=mobilenet_v2", "distill.teacher_epochs=4", "distill.teacher_image_size=64"]
-QUIET = ["train.progress=none", "device=cpu"]
+QUIET = ["train.progress=none"]
 
 
 def tlrun(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="outputs/bench_kd")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, mps")
     parser.add_argument("--teacher-size", type=int, default=96)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--sweep-epochs", type=int, default=5, help="student epochs of each sweep job")
@@ -127,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = [f"data={args.data}", *QUIET, *shlex.split(args.extra)]
+    data = [f"data={args.data}", *QUIET, f"device={args.device}", *shlex.split(args.extra)]
     common = [*data, *STUDENT, f"train.epochs={args.epochs}"]
     seeds = [int(s) for s in args.seeds.split(",")]
 

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/bench_meta")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, mps")
     parser.add_argument("--only", default="", help="comma-separated row numbers to run (default: all)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -59,7 +60,7 @@ def main() -> None:
             command = [sys.executable, "-m", "tlrun", f"data={args.data}", "distill=meta", f"distill.meta_mode={mode}",
                        *STUDENT, *TEACHER, *overrides, f"train.epochs={args.epochs}",
                        f"distill.eval_episodes={args.episodes}", f"seed={args.seed}", "train.progress=none",
-                       "device=cpu", f"data.cache_dir={out / 'cache'}", f"hydra.run.dir={run_dir}",
+                       f"device={args.device}", f"data.cache_dir={out / 'cache'}", f"hydra.run.dir={run_dir}",
                        *shlex.split(args.extra)]
             started = time.perf_counter()
             result = subprocess.run(command, capture_output=True, text=True)

@@ -195,7 +195,12 @@ def main() -> None:
                 raise
             fail(str(exc), exc.exit_code)
     # Hydra records the task's module for the config search path: keep it tlrun.cli.
-    hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG_NAME)(_run_task)()
+    try:
+        hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG_NAME)(_run_task)()
+    except ValueError as exc:  # Hydra's own command-line checks (e.g. -m together with --cfg)
+        if debug_mode() or "can be specified" not in str(exc):
+            raise
+        fail(f"{exc}; run them one at a time")
 
 
 if __name__ == "__main__":

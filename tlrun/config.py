@@ -176,6 +176,8 @@ class DeviceConfig:
     pin_memory: Optional[bool] = None  # null = on for CUDA
     # Deterministic kernels (torch.use_deterministic_algorithms); cuDNN autotuning is off then.
     deterministic: bool = False
+    # Parallel sweep jobs on one multi-GPU box (hydra/launcher=joblib): job n uses GPU n mod #GPUs.
+    gpu_per_job: bool = False
 
 
 @dataclass

@@ -57,6 +57,13 @@ def resolve_device(device_cfg: DictConfig):
         raise ConfigError("device=cuda but this machine has no usable CUDA GPU; use device=auto or device=cpu")
     elif wanted == "mps" and not mps_ok:
         raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
+    if wanted == "cuda" and device_cfg.gpu_per_job:
+        from hydra.core.hydra_config import HydraConfig
+
+        job = HydraConfig.get().job.num if HydraConfig.initialized() and HydraConfig.get().job.num is not None else 0
+        index = int(job) % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if device_cfg.amp == "fp16" and wanted == "cpu":
         raise ConfigError("device.amp=fp16 needs a GPU (float16 on CPU is slow and imprecise); use device.amp=bf16 "
                           "on CPU, or device.amp=off")

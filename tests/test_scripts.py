@@ -1,0 +1,86 @@
+"""The shell scripts users copy to GPU boxes, each run with tiny settings (set -euo pipefail, env knobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_image_folder
+from tlrun.data.sources import OPENCV_DIGITS
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+TLRUN = f"{sys.executable} -m tlrun"
+
+
+def run_script(name: str, env: dict, *args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHON": sys.executable, "TLRUN": TLRUN, "PYTHONWARNINGS": "ignore", **env}
+    return subprocess.run(["bash", str(SCRIPTS / name), *args], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_finetune_folder_script(tmp_path: Path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=8)
+    missing = run_script("finetune_folder.sh", {"DATA_ROOT": ""}, cwd=tmp_path)
+    assert missing.returncode == 2 and "set DATA_ROOT" in missing.stderr
+    result = run_script("finetune_folder.sh", {"DATA_ROOT": str(folder), "MODEL": "lenet", "EPOCHS": "1",
+                                               "DEVICE": "cpu", "FREEZE": "none"},
+                        "data.image_size=16", "train.progress=none", "device.threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (metrics,) = tmp_path.glob("outputs/*/*/metrics.json")
+    assert json.loads(metrics.read_text())["model"] == "lenet"
+
+
+@pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
+def test_bench_da_script(tmp_path: Path):
+    env = {"PAIRS": "cvdigits:cvdigits_m", "SEEDS": "0", "EPOCHS": "1", "JOBS": "2", "OUT": str(tmp_path / "da"),
+           "EXTRA": "data.max_per_class=8 data.image_size=16"}
+    result = run_script("bench_da.sh", env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = pd.read_csv(tmp_path / "da" / "bench_da.csv")
+    assert sorted(runs["method"]) == ["dann", "mmd", "oracle", "source_only"]
+    assert "| pair | method |" in result.stdout
+
+
+def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
+    env = {"DATA": "digits", "SEEDS": "0", "EPOCHS": "1", "OUT": str(tmp_path / "kd"), "DEVICE": "cpu",
+           "EXTRA": "data.max_per_class=8 device.threads=1", "TEACHER_EPOCHS": "1", "TEACHER_SIZE": "32",
+           "SWEEP_EPOCHS": "1"}
+    result = run_script("bench_kd.sh", env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "kd" / "bench_kd.csv")) == 2
+    cost = json.loads((tmp_path / "kd" / "bench_kd_sweep.json").read_text())
+    assert cost["jobs"] == 16 and cost["jobs_ok"] == 16
+    assert cost["teacher_trainings"] == 1 and cost["teacher_logit_computations"] == 1
+    assert cost["teacher_stage_hits"] == 15 and cost["teacher_logit_hits"] == 15
+
+
+def test_bench_meta_script(tmp_path: Path):
+    env = {"DATA": "digits", "EPOCHS": "1", "EPISODES": "3", "OUT": str(tmp_path / "meta"), "DEVICE": "cpu",
+           "EXTRA": "data.max_per_class=60 data.image_size=16 device.threads=1 distill.episodes_per_epoch=4 "
+                    "distill.meta_batch=2 distill.val_episodes=2 distill.inner_steps=1 distill.eval_inner_steps=1 "
+                    "distill.teacher_model=lenet distill.teacher_epochs=1 distill.teacher_image_size=16 "
+                    "distill.n_query=3"}
+    result = run_script("bench_meta.sh", env, "--only", "0,1,3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "meta" / "bench_meta.csv")
+    assert table["mode"].tolist() == ["maml", "meta_distill", "protonet"]
+    assert {"5way_1shot_acc", "5way_5shot_acc"} <= set(table.columns)
+
+
+def test_sweep_slurm_script_with_the_local_submitit_launcher(tmp_path: Path):
+    refused = run_script("sweep_slurm.sh", {"LAUNCHER": "slurm_gpu", "PARTITION": ""}, cwd=tmp_path)
+    assert refused.returncode == 2 and "PARTITION" in refused.stderr
+    env = {"LAUNCHER": "submitit_local", "MODELS": "lenet", "FREEZES": "none,all", "SEEDS": "0", "EPOCHS": "1",
+           "DEVICE": "cpu"}
+    result = run_script("sweep_slurm.sh", env, "data.image_size=16", "data.max_per_class=5", "train.progress=none",
+                        "device.threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
+    frame = pd.read_csv(summary)
+    assert len(frame) == 2 and (frame["status"] == "ok").all()
