@@ -147,4 +147,4 @@ def kendall_tau(first: list[float], second: list[float]) -> float:
     """Kendall's τ-b between two score lists (rank agreement, −1 … 1)."""
     from scipy.stats import kendalltau
 
-    return float(kendalltau(first, second).statistic)
+    return float(kendalltau(first, second)[0])
