@@ -186,6 +186,36 @@ class EarlyStoppingConfig:
     min_delta: float = bounded(0.0, low=0.0)
 
 
+PHASE_EXAMPLE = "e.g. train.progressive_resizing=[{image_size:64,epochs:2},{image_size:128,epochs:1,lr:1e-3}]"
+
+
+def _check_phases(phases: Any) -> Optional[str]:
+    """Progressive-resizing phases: a non-empty list of {image_size >= 8, epochs >= 1, lr > 0 or null}."""
+    if not isinstance(phases, (list, tuple)) or not phases:
+        return f"give a non-empty list of phases, {PHASE_EXAMPLE}"
+    for index, phase in enumerate(phases, start=1):
+        if not isinstance(phase, dict) or not {"image_size", "epochs"} <= set(phase) \
+                or set(phase) - {"image_size", "epochs", "lr"}:
+            return f"phase {index} needs image_size and epochs (and optionally lr), {PHASE_EXAMPLE}"
+        size, epochs, lr = phase["image_size"], phase["epochs"], phase.get("lr")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+            return f"phase {index}: image_size must be a whole number >= 8"
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            return f"phase {index}: epochs must be a whole number >= 1"
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            return f"phase {index}: lr must be > 0 (or null for train.lr)"
+    return None
+
+
+@dataclass
+class ResizePhase:
+    """One phase of progressive resizing: train ``epochs`` at ``image_size`` with peak ``lr``."""
+
+    image_size: int = 64
+    epochs: int = 1
+    lr: Optional[float] = None  # null = train.lr
+
+
 @dataclass
 class TrainConfig:
     epochs: int = bounded(4, low=1)
@@ -206,6 +236,9 @@ class TrainConfig:
     # Continue an interrupted run: its folder (or a checkpoint in it), or auto = the newest unfinished
     # run under outputs/ launched with the same overrides. The run goes on in that folder.
     resume: Optional[str] = None
+    # Progressive resizing (fine-tuning): phases of {image_size, epochs, lr} replace train.epochs and the
+    # input size; one optimizer carries its state across phases, each phase has its own lr schedule.
+    progressive_resizing: Optional[List[ResizePhase]] = field(default=None, metadata={"validator": _check_phases})
 
 
 @dataclass
@@ -353,3 +386,7 @@ def validate_combinations(cfg: DictConfig) -> None:
     """Checks that involve several keys."""
     if cfg.data.mean is not None and cfg.data.std is not None and len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
+    if cfg.train.get("progressive_resizing") and (cfg.adaptation.method != "none" or cfg.distill.method != "none"
+                                                  or cfg.data.target is not None):
+        raise ConfigError("train.progressive_resizing works with fine-tuning only; drop it or set "
+                          "adaptation=none, distill=none and no data.target")

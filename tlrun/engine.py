@@ -220,9 +220,9 @@ class Engine:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
         self.steps_per_epoch = steps_per_epoch or len(train_loader)  # type: ignore[arg-type]
-        total = self.steps_per_epoch * epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
-            scheduler, total, self.steps_per_epoch, int(warmup_epochs * self.steps_per_epoch), step_size, gamma))
+        self.schedule = (scheduler, warmup_epochs, step_size, gamma)
+        self.first_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.scheduler = self._make_scheduler()
         self.grad_clip, self.patience, self.min_delta = grad_clip, patience, min_delta
         self.freeze_plan = freeze_plan
         self.progress_mode = progress
@@ -234,6 +234,8 @@ class Engine:
         # adapt the model first) pass their own, else val_loader is evaluated.
         self.validate = validate or (lambda: self.evaluate(self.val_loader))
         self.history: list[dict] = []
+        self.columns: dict[str, Any] = {}  # constant per phase, added to each history row (e.g. image_size)
+        self.epoch_offset = 0  # epochs run by earlier phases
         self.checkpoint_dir = self.run_dir / "checkpoints"
         # The interrupted run folder to continue from (its checkpoints/last.pt); torchrun's other ranks
         # write into scratch folders but read the real one.
@@ -241,6 +243,25 @@ class Engine:
         # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp == "fp16")
         self.interrupt = InterruptFlag()
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        kind, warmup_epochs, step_size, gamma = self.schedule
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(
+            kind, self.steps_per_epoch * self.epochs, self.steps_per_epoch,
+            int(warmup_epochs * self.steps_per_epoch), step_size, gamma))
+
+    def start_phase(self, train_loader: Iterable, val_loader: Optional[DataLoader], epochs: int,
+                    lr_scale: float = 1.0, columns: Optional[dict[str, Any]] = None) -> None:
+        """Continue training in a new phase (progressive resizing): new loaders and epochs, the learning
+        rates scaled from the initial ones with a fresh schedule; the optimizer state (momentum, Adam
+        moments), history and epoch numbering carry on. The next ``fit`` selects its best epoch anew."""
+        self.epoch_offset = len(self.history)
+        self.train_loader, self.val_loader, self.epochs = train_loader, val_loader, epochs
+        self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        for group, lr in zip(self.optimizer.param_groups, self.first_lrs):
+            group["lr"] = group["initial_lr"] = lr * lr_scale  # LambdaLR keeps an existing initial_lr
+        self.scheduler = self._make_scheduler()
+        self.columns = dict(columns or {})
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -281,7 +302,7 @@ class Engine:
         iterator = iter(self.train_loader)
         for index in range(self.steps_per_epoch):
             batch = next(iterator)
-            done = ((epoch - 1) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
+            done = ((epoch - 1 - self.epoch_offset) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
             with self.placement.autocast():
                 out = self.step(batch, done)
             if not torch.isfinite(out.loss):
@@ -357,24 +378,26 @@ class Engine:
     def fit(self) -> FitResult:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
-        first_epoch = 1
+        offset = self.epoch_offset  # epochs of earlier progressive-resizing phases
+        first_epoch = offset + 1
         distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         if self.auxiliary is not None:
             distributed.broadcast_parameters(self.auxiliary)
         if self.resume:
             first_epoch, best = self._restore()
-        progress = Progress(self.progress_mode if distributed.is_main() else "none", self.epochs, self.steps_per_epoch)
+        progress = Progress(self.progress_mode if distributed.is_main() else "none", offset + self.epochs,
+                            self.steps_per_epoch)
         stopped_early = False
         try:
             self.interrupt.__enter__()
-            for epoch in range(first_epoch, self.epochs + 1):
+            for epoch in range(first_epoch, offset + self.epochs + 1):
                 progress.start_epoch(epoch)
                 started = time.perf_counter()
                 train_metrics = self._train_epoch(epoch, progress)
                 lr = self.optimizer.param_groups[-1]["lr"]
                 val = self.validate()
                 row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
-                       "val_loss": val.loss, "val_acc": val.acc, "lr": lr}
+                       "val_loss": val.loss, "val_acc": val.acc, "lr": lr, **self.columns}
                 row.update(train_metrics)
                 if self.epoch_metrics is not None:  # pipeline columns computed from the epoch's row
                     row.update(self.epoch_metrics(row))

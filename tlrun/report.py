@@ -167,3 +167,31 @@ def plot_domain_features(panels: dict[str, tuple[np.ndarray, np.ndarray]], path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_prediction_grid(images: list[np.ndarray], predicted: list[str], probabilities: list[float],
+                         truths: Optional[list[Optional[str]]], path: Path, title: str = "") -> None:
+    """Sample images with their predicted class and probability (and the true class: green when right,
+    red when wrong)."""
+    plt = _pyplot()
+    count = len(images)
+    cols = min(4, count)
+    rows = max(1, math.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, ax in enumerate(axes.flat[:count]):
+        image = images[index]
+        ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+        truth = truths[index] if truths else None
+        text = f"{predicted[index]} ({probabilities[index]:.2f})"
+        colour = "black"
+        if truth is not None:
+            text += f"\ntrue: {truth}"
+            colour = "green" if truth == predicted[index] else "red"
+        ax.set_title(text, fontsize=8, color=colour)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

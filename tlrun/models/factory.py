@@ -193,9 +193,9 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str
                            "check model= matches the file")
 
 
-def build_model(name: str, num_classes: int, weights: Optional[str] = "DEFAULT",
-                weights_path: Optional[str] = None) -> BuiltModel:
-    """Build ``name`` with resolved pretrained weights and a new ``num_classes`` head."""
+def build_source_model(name: str, weights: Optional[str] = "DEFAULT",
+                       weights_path: Optional[str] = None) -> BuiltModel:
+    """Build ``name`` with resolved pretrained weights and its own (source, e.g. ImageNet) head."""
     _register_builtin()
     if name in MODELS:
         built = _build_registered(name, MODELS.get(name), weights, weights_path)
@@ -207,6 +207,14 @@ def build_model(name: str, num_classes: int, weights: Optional[str] = "DEFAULT",
         raise ConfigError(f"unknown model '{name}': {hint}use a torchvision classifier name "
                           "(resnet18, efficientnet_b0, vit_b_16, ...), efficientnet_lite0, lenet or small_resnet")
     drop_auxiliary_heads(built.model)
+    built.head_name = find_head(built.model)[0]
+    return built
+
+
+def build_model(name: str, num_classes: int, weights: Optional[str] = "DEFAULT",
+                weights_path: Optional[str] = None) -> BuiltModel:
+    """Build ``name`` with resolved pretrained weights and a new ``num_classes`` head."""
+    built = build_source_model(name, weights, weights_path)
     built.head_name = replace_head(built.model, num_classes)
     log.info("Model %s: weights %s (%s), head %s -> %d classes", name, built.weights or "none",
              built.weights_source, built.head_name, num_classes)

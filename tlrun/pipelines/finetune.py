@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from tlrun.data.pipeline import load_run_data
+from tlrun.errors import ConfigError
 from tlrun.engine import ClassificationStep, Engine
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
                                     make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+from tlrun.progressive import fit_phases, phase_geometry
 
 
 @PIPELINES.register("finetune")
@@ -13,12 +15,22 @@ def run_finetune(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     data = load_run_data(cfg.data, cfg.seed)
     prepared = prepare_model(ctx, len(data.classes))
+    phases = cfg.train.get("progressive_resizing")
+    if phases and cfg.train.get("resume"):
+        raise ConfigError("train.resume cannot continue a progressive-resizing run (its phases rebuild the loaders); "
+                          "start it again without train.resume, or drop train.progressive_resizing")
+    if phases:
+        prepared.geometry = phase_geometry(prepared.geometry, int(phases[0].image_size))
     loaders = make_loaders(ctx, data, prepared.geometry)
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
                     optimizer=optimizer, train_loader=loaders.train, val_loader=loaders.val, placement=ctx.placement,
                     run_dir=ctx.run_dir, freeze_plan=prepared.plan, **engine_options(cfg))
-    fit = engine.fit()
+    if phases:  # the saved model and its test evaluation use the last phase's size
+        fit, prepared.geometry, loaders = fit_phases(engine, phases, lambda g: make_loaders(ctx, data, g),
+                                                     prepared.geometry, cfg.train.lr)
+    else:
+        fit = engine.fit()
     engine.load_best()
     test = engine.evaluate(loaders.test)
     save_model_file(ctx, prepared, data)
