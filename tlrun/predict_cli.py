@@ -64,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tlrun.predict import load_members, predict, resolve_images
+    from tlrun.config import DeviceConfig
     from tlrun.runner import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
 
-    device = resolve_device(OmegaConf.create({"type": args.device, "threads": None}))
+    device = resolve_device(OmegaConf.structured(DeviceConfig(type=args.device)))
     members = load_members(args.inputs[:-1], args.weights, args.weight_by)
     images = resolve_images(args.inputs[-1], members)
     started = time.perf_counter()
