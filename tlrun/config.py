@@ -233,6 +233,11 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: str = choice("auto", ("auto", "rich", "plain", "none"))
+    # Frozen backbones: run the frozen part once and train the rest on its cached outputs (finetune).
+    # auto: on when the model splits cleanly there and no random augmentation is set; on: an error otherwise.
+    cache_features: str = choice("auto", ("auto", "on", "off"))
+    # Cached features up to this size stay in memory; larger ones are read from disk (memory-mapped).
+    cache_features_memory_mb: int = bounded(2048, low=0)
     # Continue an interrupted run: its folder (or a checkpoint in it), or auto = the newest unfinished
     # run under outputs/ launched with the same overrides. The run goes on in that folder.
     resume: Optional[str] = None
@@ -382,8 +387,28 @@ def validate_config(cfg: DictConfig, schema: type = TlrunConfig, prefix: str = "
         validate_combinations(cfg)
 
 
+def random_augmentations(augment: DictConfig) -> list[str]:
+    """The data.augment keys set to a random transform (empty: training images are deterministic)."""
+    active = {"random_resized_crop": augment.random_resized_crop, "hflip": augment.hflip, "vflip": augment.vflip,
+              "rotation": augment.rotation > 0, "color_jitter": augment.color_jitter > 0,
+              "auto": augment.auto != "none", "random_erasing": augment.random_erasing > 0,
+              "mixup_alpha": augment.mixup_alpha > 0, "cutmix_alpha": augment.cutmix_alpha > 0}
+    return [f"data.augment.{key}" for key, on in active.items() if on]
+
+
 def validate_combinations(cfg: DictConfig) -> None:
     """Checks that involve several keys."""
+    if cfg.train.cache_features == "on":
+        random = random_augmentations(cfg.data.augment)
+        if random:
+            raise ConfigError(f"train.cache_features=on but {', '.join(random)} draw random transforms, so frozen "
+                              "features differ every epoch; remove the augmentation or use train.cache_features=auto")
+        if cfg.freeze.strategy in ("none", "discriminative"):
+            raise ConfigError(f"train.cache_features=on needs a frozen backbone, but freeze={cfg.freeze.strategy} "
+                              "trains every layer; use freeze=all|partial|early or train.cache_features=auto")
+        if cfg.distill.method != "none" or cfg.adaptation.method != "none" or cfg.data.target or cfg.data.target_root:
+            raise ConfigError("train.cache_features=on serves fine-tuning runs only (adaptation and distillation "
+                              "train on images); use train.cache_features=auto")
     if cfg.data.mean is not None and cfg.data.std is not None and len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
     if cfg.train.get("progressive_resizing") and (cfg.adaptation.method != "none" or cfg.distill.method != "none"

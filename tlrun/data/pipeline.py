@@ -158,9 +158,9 @@ def build_transform(geometry: ImageGeometry, augment: Optional[DictConfig], trai
 
 def is_deterministic(augment: DictConfig) -> bool:
     """True when training images go through no random transform (cacheable features/logits)."""
-    return not (augment.random_resized_crop or augment.hflip or augment.vflip or augment.rotation > 0
-                or augment.color_jitter > 0 or augment.auto != "none" or augment.random_erasing > 0
-                or augment.mixup_alpha > 0 or augment.cutmix_alpha > 0)
+    from tlrun.config import random_augmentations
+
+    return not random_augmentations(augment)
 
 
 def decode_image(path: Path) -> torch.Tensor:

@@ -9,16 +9,12 @@ run folder is cached by the hash of its config: a T×α sweep trains the teacher
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import statistics
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import tlrun
 from tlrun.artifacts import LoadedModel, load_run_model
+from tlrun.cache import cache_root, digest, file_digest, images_digest, locked
 from tlrun.checkpoint import save_atomic
 from tlrun.data.pipeline import ImageDataset, ImageGeometry, RunData, build_transform, load_run_data, make_loader
-from tlrun.data.sources import default_cache_dir
 from tlrun.engine import Engine, FitResult, Placement, StepOutput
 from tlrun.errors import ConfigError, DataError
 from tlrun.freeze import count_params
@@ -71,34 +67,6 @@ class DistillationStep:
         return StepOutput(loss, logits, targets, parts)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:20]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One process at a time (parallel sweep jobs wait for the first to build the shared item)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def cache_root(ctx: RunContext) -> Path:
-    return Path(ctx.cfg.data.cache_dir) if ctx.cfg.data.cache_dir else default_cache_dir()
-
-
 def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[Path, str]:
     """Fine-tune distill.teacher_model (or reuse the cached stage with the same config), on
     ``classes`` only when given (meta-distillation keeps the held-out classes from the teacher)."""
@@ -119,10 +87,10 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     if classes is not None:
         teacher_cfg.data.classes = list(classes)
     # What decides the teacher's weights: model, freeze, data, training recipe, seed, code version.
-    key = _digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
+    key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
                   | {"seed": cfg.seed, "tlrun": tlrun.__version__})
-    stage_dir = cache_root(ctx) / "teachers" / f"{name}-{key}"
-    with _locked(stage_dir.with_suffix(".lock")):
+    stage_dir = cache_root(ctx.cfg) / "teachers" / f"{name}-{key}"
+    with locked(stage_dir.with_suffix(".lock")):
         if (stage_dir / "ft_model.pt").is_file():
             log.info("Teacher stage: cache hit, reusing %s", stage_dir)
             return stage_dir, "stage cache hit"
@@ -144,10 +112,10 @@ def teacher_train_logits(ctx: RunContext, teacher: LoadedModel, teacher_file: Pa
     """The teacher's logits for every training image (cached; never stale: the key covers the
     teacher weights, the images and the teacher's preprocessing)."""
     train = data.splits["train"]
-    key = _digest({"teacher": _file_digest(teacher_file), "data": data.name, "ids": _digest(train.ids),
-                   "labels": _digest(train.labels.tolist()), "geometry": teacher.geometry.__dict__})
-    path = cache_root(ctx) / "teacher_logits" / f"{key}.pt"
-    with _locked(path.with_suffix(".lock")):
+    key = digest({"teacher": file_digest(teacher_file), "data": data.name, "images": images_digest(train),
+                   "geometry": teacher.geometry.__dict__})
+    path = cache_root(ctx.cfg) / "teacher_logits" / f"{key}.pt"
+    with locked(path.with_suffix(".lock")):
         if path.is_file():
             cached = torch.load(path, weights_only=True)
             if cached.shape[0] == len(train):

@@ -1,10 +1,14 @@
-"""Fine-tuning: a pretrained backbone, a new head, a freeze strategy, cross-entropy."""
+"""Fine-tuning: a pretrained backbone, a new head, a freeze strategy, cross-entropy.
+
+With a frozen prefix and deterministic transforms the prefix runs once (``tlrun.feature_cache``)
+and the engine trains the rest on its cached outputs; the test set goes through the whole model."""
 
 from __future__ import annotations
 
 from tlrun.data.pipeline import load_run_data
 from tlrun.errors import ConfigError
 from tlrun.engine import ClassificationStep, Engine
+from tlrun.feature_cache import build_feature_cache, forward_from_features
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
                                     make_optimizer, prepare_model, save_model_file, write_run_artifacts)
 from tlrun.progressive import fit_phases, phase_geometry
@@ -22,18 +26,25 @@ def run_finetune(ctx: RunContext) -> dict:
     if phases:
         prepared.geometry = phase_geometry(prepared.geometry, int(phases[0].image_size))
     loaders = make_loaders(ctx, data, prepared.geometry)
+    features, cache_info = build_feature_cache(cfg, prepared.model, prepared.plan, ctx.placement,
+                                               prepared.geometry.crop_size, loaders.train.dataset,
+                                               loaders.val.dataset, cfg.seed)
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
-                    optimizer=optimizer, train_loader=loaders.train, val_loader=loaders.val, placement=ctx.placement,
+                    optimizer=optimizer, train_loader=features.train if features else loaders.train,
+                    val_loader=features.val if features else loaders.val, placement=ctx.placement,
                     run_dir=ctx.run_dir, freeze_plan=prepared.plan, **engine_options(cfg))
-    if phases:  # the saved model and its test evaluation use the last phase's size
+    if phases:  # the saved model and its test evaluation use the last phase's size (no feature cache)
         fit, prepared.geometry, loaders = fit_phases(engine, phases, lambda g: make_loaders(ctx, data, g),
                                                      prepared.geometry, cfg.train.lr)
+        engine.load_best()
     else:
-        fit = engine.fit()
-    engine.load_best()
+        with forward_from_features(prepared.model, features.cut if features else None):
+            fit = engine.fit()
+            engine.load_best()
     test = engine.evaluate(loaders.test)
     save_model_file(ctx, prepared, data)
     metrics = base_metrics(ctx, "finetune", prepared, data, fit, test)
+    metrics["feature_cache"] = cache_info
     write_run_artifacts(ctx, data, fit, test, metrics)
     return metrics
