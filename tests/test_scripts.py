@@ -84,3 +84,17 @@ def test_sweep_slurm_script_with_the_local_submitit_launcher(tmp_path: Path):
     (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
     frame = pd.read_csv(summary)
     assert len(frame) == 2 and (frame["status"] == "ok").all()
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path):
+    cmd = [sys.executable, "-m", "tlrun", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=lenet",
+           "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=1", "train.progress=none",
+           "device=cpu", "device.threads=1", "seed=0,1"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
+    frame = pd.read_csv(summary)
+    assert sorted(frame["seed"].tolist()) == [0, 1] and (frame["status"] == "ok").all()
+    hydra_files = list(tmp_path.glob("multirun/*/*/*/.hydra/hydra.yaml"))
+    assert len(hydra_files) == 2 and all("JoblibLauncher" in path.read_text() for path in hydra_files)
