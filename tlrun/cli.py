@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from tlrun.errors import TlrunError
 
@@ -24,6 +24,24 @@ def debug_mode() -> bool:
 
 def fail(message: str, code: int = 2) -> None:
     print(f"tlrun: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_command(prog: str, run: Callable[[], int]) -> None:
+    """Exit with ``run()``'s code; a TlrunError or Ctrl-C becomes one ``<prog>: error:`` line, no traceback
+    (the companion commands tlrun-predict and tlrun-rank share this)."""
+    from tlrun.runner import one_line
+
+    try:
+        code = run()
+    except TlrunError as exc:
+        if debug_mode():
+            raise
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code)
 
 

@@ -6,12 +6,11 @@ Kept light at import (torch loads only once the arguments are valid), so --help 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from tlrun.errors import ConfigError, TlrunError
+from tlrun.errors import ConfigError
 
 PROG = "tlrun-predict"
 TTA_CHOICES = ("none", "flip", "flip+crops")
@@ -120,22 +119,10 @@ def _write_grid(path: Path, images, result, classes: list[str], count: int) -> N
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from tlrun.cli import debug_mode
-    from tlrun.runner import one_line
+    from tlrun.cli import run_command
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code = run(args)
-    except TlrunError as exc:
-        if debug_mode():
-            raise
-        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)
+    args = build_parser().parse_args(argv)
+    run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

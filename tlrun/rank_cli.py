@@ -6,12 +6,11 @@ Kept light at import (torch loads only once the arguments are valid), so --help 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from tlrun.errors import ConfigError, TlrunError
+from tlrun.errors import ConfigError
 
 PROG = "tlrun-rank"
 RANK_FILE = "rank.csv"
@@ -105,21 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from tlrun.cli import debug_mode
-    from tlrun.runner import one_line
+    from tlrun.cli import run_command
 
     args = build_parser().parse_args(argv)
-    try:
-        code = run(args)
-    except TlrunError as exc:
-        if debug_mode():
-            raise
-        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)
+    run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":
