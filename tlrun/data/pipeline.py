@@ -238,8 +238,9 @@ def in_memory(images: ImageSet, geometry: ImageGeometry, max_mb: float, num_work
                  "data.in_memory_max_mb=%d)", split, len(images), mb, max_mb)
         return images
     started = time.perf_counter()
+    # A private generator: building the store must not shift the run's random stream.
     loader = DataLoader(_StoreItems(list(images.paths), size, geometry.interpolation), batch_size=64,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=torch.Generator())
     pixels = torch.cat(list(loader)) if len(images) else torch.empty(0, 3, size, size, dtype=torch.uint8)
     log.info("Data path %s: %d files decoded once into memory (%dx%d uint8, %.0f MB, %.1f s)", split, len(images),
              size, size, mb, time.perf_counter() - started)
