@@ -107,3 +107,34 @@ def test_transforms_shape_normalisation_and_determinism():
     augment.random_erasing = 0.5
     out = build_transform(geometry, augment, train=True)(torch.randint(0, 255, (3, 30, 30), dtype=torch.uint8))
     assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+
+
+def test_small_image_folders_are_decoded_once_into_a_uint8_store(tmp_path: Path, caplog):
+    """The store holds each file resized (shorter side) and centre-cropped to the eval resize size:
+    the eval transform gives the same pixels as from the file, augmentation runs on the tensors."""
+    from PIL import Image
+
+    from tlrun.data.pipeline import ImageDataset, in_memory
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):  # landscape and portrait, not square
+            shape = (36, 50, 3) if i % 2 else (50, 36, 3)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    files = load_run_data(data_cfg(name="imagefolder", root=str(tmp_path), split=[0.5, 0.25, 0.25]), seed=0)
+    images = files.splits["train"]
+    geometry = ImageGeometry(crop_size=24, resize_size=28, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with caplog.at_level("INFO", logger="tlrun.data.pipeline"):
+        stored = in_memory(images, geometry, max_mb=1, split="train")
+    assert "decoded once into memory" in caplog.text
+    assert stored.pixels.dtype == torch.uint8 and stored.pixels.shape == (len(images), 3, 28, 28)
+    assert stored.ids == images.ids and (stored.labels == images.labels).all()
+    eval_tf = build_transform(geometry, None, train=False)
+    from_files, from_store = ImageDataset(images, eval_tf), ImageDataset(stored, eval_tf)
+    for index in range(len(images)):
+        assert torch.equal(from_files[index][0], from_store[index][0])
+    augment = data_cfg(**{"augment.random_resized_crop": True, "augment.hflip": True}).augment
+    assert ImageDataset(stored, build_transform(geometry, augment, train=True))[0][0].shape == (3, 24, 24)
+    # Over the limit (or data.in_memory_max_mb=0): the files stream, decoded on access.
+    assert in_memory(images, geometry, max_mb=0) is images

@@ -156,6 +156,10 @@ class DataConfig:
     max_per_class: Optional[int] = None
     bad_images: str = choice("error", ("error", "skip"))
     cache_dir: Optional[str] = None  # built datasets are cached here; null = ~/.cache/tlrun
+    # Image files (data=imagefolder...) whose decoded split fits in this many MB are decoded and resized
+    # once into a uint8 tensor store (augmentation then runs on those tensors); larger splits, or 0,
+    # stream from the files, decoded every epoch (in device.num_workers worker processes).
+    in_memory_max_mb: int = bounded(1024, low=0)
     # Domain adaptation: the unlabelled target domain (a dataset name, or a folder for imagefolder).
     # Setting it without adaptation= gives the source-only baseline with target evaluation.
     target: Optional[str] = None

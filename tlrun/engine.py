@@ -243,6 +243,8 @@ class Engine:
         # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp == "fp16")
         self.interrupt = InterruptFlag()
+        self.timings: dict[str, float] = {}
+        self.eval_forward_s = 0.0  # model forward time of evaluate() calls since it was last reset
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         kind, warmup_epochs, step_size, gamma = self.schedule
@@ -269,8 +271,10 @@ class Engine:
         self.model.eval()
         losses, targets, probabilities = [], [], []
         for images, labels in loader:
+            started = time.perf_counter()
             with self.placement.autocast():
                 logits = self.model(self.placement.images(images)).float()
+            self.eval_forward_s += time.perf_counter() - started
             labels = self.placement.labels(labels)
             losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
             targets.append(labels.cpu())
@@ -299,9 +303,15 @@ class Engine:
                        getattr(self.train_loader, "target", None)):
             if hasattr(getattr(loader, "sampler", None), "set_epoch"):  # torchrun: a new shard order per epoch
                 loader.sampler.set_epoch(epoch)
+        # Where the epoch's time goes (wall clock; on CUDA kernels run asynchronously, so there the split is
+        # approximate): waiting for batches, and forward + backward + optimizer step.
+        data_time = compute_time = 0.0
+        tick = time.perf_counter()
         iterator = iter(self.train_loader)
         for index in range(self.steps_per_epoch):
             batch = next(iterator)
+            fetched = time.perf_counter()
+            data_time += fetched - tick
             done = ((epoch - 1 - self.epoch_offset) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
             with self.placement.autocast():
                 out = self.step(batch, done)
@@ -317,6 +327,8 @@ class Engine:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            tick = time.perf_counter()
+            compute_time += tick - fetched
             n = len(out.targets)
             loss_sum += out.loss.item() * n
             correct += (out.logits.argmax(dim=1) == out.targets).sum().item()
@@ -331,6 +343,7 @@ class Engine:
                                                                       *(extra_sums[k] for k in keys))
         metrics = {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
         metrics.update({k: v / max(1, seen) for k, v in zip(keys, extras)})
+        self.timings = {"data_time_s": data_time, "compute_time_s": compute_time}
         return metrics
 
     def _interrupted(self) -> bool:
@@ -395,6 +408,7 @@ class Engine:
                 started = time.perf_counter()
                 train_metrics = self._train_epoch(epoch, progress)
                 lr = self.optimizer.param_groups[-1]["lr"]
+                self.eval_forward_s = 0.0
                 val = self.validate()
                 row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
                        "val_loss": val.loss, "val_acc": val.acc, "lr": lr, **self.columns}
@@ -402,6 +416,10 @@ class Engine:
                 if self.epoch_metrics is not None:  # pipeline columns computed from the epoch's row
                     row.update(self.epoch_metrics(row))
                 row["epoch_time_s"] = time.perf_counter() - started
+                # Model time: training forward/backward/optimizer steps plus the validation forward passes;
+                # the rest of epoch_time_s (batches, metrics, checkpoints) is the loop's overhead.
+                row["data_time_s"] = self.timings["data_time_s"]
+                row["compute_time_s"] = self.timings["compute_time_s"] + self.eval_forward_s
                 self.history.append(row)
                 self.write_history()
                 improved = val.acc > best["val_acc"] + self.min_delta

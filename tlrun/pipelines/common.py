@@ -17,7 +17,7 @@ import tlrun
 from tlrun import distributed
 from tlrun.checkpoint import save_atomic
 from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform,
-                                 make_loader)
+                                 in_memory, make_loader)
 from tlrun.engine import EvalResult, FitResult, Placement
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
@@ -99,12 +99,14 @@ def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loa
     augment = cfg.data.augment
     train_tf, eval_tf = build_transform(geometry, augment, train=True), build_transform(geometry, None, train=False)
     workers, pin = cfg.device.num_workers, pin_memory(cfg, ctx.device)
+    splits = {split: in_memory(data.splits[split], geometry, cfg.data.in_memory_max_mb, workers, split)
+              for split in ("train", "val", "test")}
     return Loaders(
-        train=make_loader(ImageDataset(data.splits["train"], train_tf), cfg.train.batch_size, True, cfg.seed,
+        train=make_loader(ImageDataset(splits["train"], train_tf), cfg.train.batch_size, True, cfg.seed,
                           workers, batch_mixer(augment, len(data.classes)), pin),
-        val=make_loader(ImageDataset(data.splits["val"], eval_tf), cfg.train.eval_batch_size, False, cfg.seed,
+        val=make_loader(ImageDataset(splits["val"], eval_tf), cfg.train.eval_batch_size, False, cfg.seed,
                         workers, pin_memory=pin),
-        test=make_loader(ImageDataset(data.splits["test"], eval_tf), cfg.train.eval_batch_size, False,
+        test=make_loader(ImageDataset(splits["test"], eval_tf), cfg.train.eval_batch_size, False,
                          cfg.seed, workers, pin_memory=pin),
     )
 

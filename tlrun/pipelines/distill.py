@@ -186,7 +186,8 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     check_same_classes(teacher, data)
     logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
     loaders = make_loaders(ctx, data, prepared.geometry)
-    train_set = Indexed(ImageDataset(data.splits["train"], build_transform(prepared.geometry, augment, train=True)))
+    train_images = loaders.train.dataset.images  # decoded once into memory when small enough
+    train_set = Indexed(ImageDataset(train_images, build_transform(prepared.geometry, augment, train=True)))
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers)
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     step = DistillationStep(prepared.model, ctx.placement, logits, cfg.distill.temperature, cfg.distill.alpha,
