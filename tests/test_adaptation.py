@@ -105,3 +105,15 @@ def test_image_folder_pair_like_office31(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     metrics = read_metrics(run_dirs(tmp_path)[0])
     assert metrics["target"] == "imagefolder" and metrics["target_test_size"] > 0
+
+
+def test_anneal_schedule_is_the_dann_papers():
+    from tlrun.engine import lr_multiplier
+
+    factor = lr_multiplier("anneal", total_steps=200, steps_per_epoch=20, warmup_steps=0)
+    assert factor(0) == 1.0
+    # mu_p = mu_0 / (1 + 10 p)^0.75 (Ganin et al. 2016, Sec. 5.2.2)
+    assert factor(100) == pytest.approx(6 ** -0.75)
+    assert factor(200) == pytest.approx(11 ** -0.75)
+    assert factor(400) == pytest.approx(11 ** -0.75)  # held at the end
+

@@ -225,7 +225,8 @@ class TrainConfig:
     optimizer: str = choice("adamw", ("sgd", "adam", "adamw"))
     momentum: float = bounded(0.9, low=0.0, high=1.0)
     weight_decay: float = bounded(1e-4, low=0.0)
-    scheduler: str = choice("cosine", ("none", "cosine", "step", "onecycle"))
+    # anneal: lr / (1 + 10 p)^0.75 over progress p in iterations (DANN paper, Ganin et al. 2016, 5.2.2).
+    scheduler: str = choice("cosine", ("none", "cosine", "step", "onecycle", "anneal"))
     warmup_epochs: float = bounded(0.0, low=0.0)
     step_size: int = bounded(10, low=1)  # scheduler=step: epochs between decays
     gamma: float = bounded(0.1, low=0.0, low_open=True)  # scheduler=step: decay factor
