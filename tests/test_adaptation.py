@@ -117,3 +117,29 @@ def test_anneal_schedule_is_the_dann_papers():
     assert factor(200) == pytest.approx(11 ** -0.75)
     assert factor(400) == pytest.approx(11 ** -0.75)  # held at the end
 
+
+@needs_cvdigits
+def test_discriminator_lr_mult_sets_the_discriminator_group(tmp_path: Path):
+    result = run_tlrun(["adaptation=dann", *DA_TINY, "train.epochs=1", "train.scheduler=none",
+                        "adaptation.discriminator_lr_mult=10"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert groups[-1]["stage"] == "discriminator"
+    assert groups[-1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert all(group["lr"] == pytest.approx(groups[0]["lr"]) for group in groups[:-1])
+
+
+def test_build_alignment_passes_the_discriminator_shape_and_dropout():
+    from omegaconf import OmegaConf
+
+    from tlrun.config import AdaptationConfig
+    from tlrun.pipelines.adaptation import build_alignment
+
+    cfg = OmegaConf.structured(AdaptationConfig(method="dann", discriminator_width=7, discriminator_depth=2,
+                                                discriminator_dropout=0.25))
+    _, module, _ = build_alignment(cfg, feature_dim=5)
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5, 7), (7, 7), (7, 1)]
+    assert [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]

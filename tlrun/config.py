@@ -77,6 +77,10 @@ class AdaptationConfig:
     feature_layer: Optional[str] = None
     discriminator_width: int = bounded(1024, low=1)
     discriminator_depth: int = bounded(2, low=1)
+    # Dropout after each hidden block of the discriminator (TLlib uses dropout only without BatchNorm).
+    discriminator_dropout: float = bounded(0.5, low=0.0, high=0.9)
+    # Learning rate of the discriminator = train.lr x this (its own parameter group, same schedule).
+    discriminator_lr_mult: float = bounded(1.0, low=0.0, low_open=True)
     # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).
     mmd_multipliers: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     mmd_estimator: str = choice("quadratic", ("quadratic", "linear"))
