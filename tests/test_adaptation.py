@@ -143,3 +143,17 @@ def test_build_alignment_passes_the_discriminator_shape_and_dropout():
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(5, 7), (7, 7), (7, 1)]
     assert [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]
+
+
+def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    result = run_tlrun(["--cfg", "job", "experiment=dann_digits", "data=cvdigits", "data.target=cvdigits_m"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.model.name == "lenet" and cfg.adaptation.method == "dann"
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.scheduler) == ("sgd", 0.01, 0.9, "anneal")
+    assert (cfg.adaptation.schedule, cfg.adaptation.gamma, cfg.adaptation.weight) == ("dann", 10.0, 1.0)
+    assert cfg.adaptation.feature_layer == "pool"  # the conv feature extractor's output
+    assert (cfg.adaptation.discriminator_width, cfg.adaptation.discriminator_depth) == (100, 1)
+    assert cfg.adaptation.discriminator_dropout == 0.0
