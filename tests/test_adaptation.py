@@ -156,4 +156,4 @@ def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
     assert (cfg.adaptation.schedule, cfg.adaptation.gamma, cfg.adaptation.weight) == ("dann", 10.0, 1.0)
     assert cfg.adaptation.feature_layer == "pool"  # the conv feature extractor's output
     assert (cfg.adaptation.discriminator_width, cfg.adaptation.discriminator_depth) == (100, 1)
-    assert cfg.adaptation.discriminator_dropout == 0.0
+    assert cfg.adaptation.discriminator_dropout == 0.0 and cfg.adaptation.discriminator_batch_norm is False

@@ -79,6 +79,8 @@ class AdaptationConfig:
     discriminator_depth: int = bounded(2, low=1)
     # Dropout after each hidden block of the discriminator (TLlib uses dropout only without BatchNorm).
     discriminator_dropout: float = bounded(0.5, low=0.0, high=0.9)
+    # BatchNorm1d in the discriminator's hidden blocks (the DANN paper's domain classifier has none).
+    discriminator_batch_norm: bool = True
     # Learning rate of the discriminator = train.lr x this (its own parameter group, same schedule).
     discriminator_lr_mult: float = bounded(1.0, low=0.0, low_open=True)
     # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).

@@ -120,7 +120,7 @@ def build_alignment(cfg, feature_dim: int) -> tuple[Optional[Alignment], Optiona
     if cfg.method == "dann":
         # The gradient reversal layer owns the lambda schedule; the loss is added unweighted.
         adversarial = DomainAdversarialLoss(feature_dim, hidden=cfg.discriminator_width, depth=cfg.discriminator_depth,
-                                            dropout=cfg.discriminator_dropout,
+                                            dropout=cfg.discriminator_dropout, batch_norm=cfg.discriminator_batch_norm,
                                             max_weight=cfg.weight, gamma=cfg.gamma, schedule=cfg.schedule)
 
         def dann(source: torch.Tensor, target: torch.Tensor, progress: float):
