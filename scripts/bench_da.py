@@ -4,7 +4,7 @@
     python scripts/bench_da.py [--pairs cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits]
                                [--seeds 0,1,2] [--epochs 12] [--jobs 2] [--out DIR] [--extra "k=v ..."]
 
-Every cell is a normal `tlrun` run (folders under --out). Prints a markdown table of target accuracy
+Every cell is a normal `tlrun` run (folders under --out); rerunning with the same --out reuses finished cells. Prints a markdown table of target accuracy
 (mean ± std over seeds, model chosen by *source* validation accuracy) and the gap closure
 (method − source_only) / (oracle − source_only); writes bench_da.csv (one row per run).
 """
@@ -50,15 +50,29 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
             f"hydra.run.dir={run_dir}", *extra]
 
 
+def finished_metrics(run_dir: Path) -> dict | None:
+    """metrics.json of a run that finished (not interrupted), else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("status", "ok") == "ok" else None
+
+
 def run_one(job: dict) -> dict:
-    started = time.perf_counter()
-    result = subprocess.run(job["command"], capture_output=True, text=True)
     row = {k: job[k] for k in ("pair", "method", "seed")}
-    row["wall_s"] = round(time.perf_counter() - started, 1)
-    if result.returncode != 0:
-        row["status"] = "failed: " + (result.stderr.strip().splitlines() or ["?"])[-1][:200]
-        return row
-    metrics = json.loads((job["run_dir"] / "metrics.json").read_text())
+    # Rerunning with the same --out completes an interrupted benchmark: finished cells are reused.
+    metrics = finished_metrics(job["run_dir"])
+    if metrics is not None:
+        row["wall_s"] = metrics.get("wall_time_s", float("nan"))
+    else:
+        started = time.perf_counter()
+        result = subprocess.run(job["command"], capture_output=True, text=True)
+        row["wall_s"] = round(time.perf_counter() - started, 1)
+        if result.returncode != 0:
+            row["status"] = "failed: " + (result.stderr.strip().splitlines() or ["?"])[-1][:200]
+            return row
+        metrics = json.loads((job["run_dir"] / "metrics.json").read_text())
     row.update(status="ok", target_acc=metrics["target_acc"] if job["method"] != "oracle" else metrics["test_acc"],
                target_acc_last=metrics.get("target_acc_last", float("nan")),
                source_test_acc=metrics.get("source_test_acc", float("nan")),
