@@ -105,3 +105,55 @@ def test_image_folder_pair_like_office31(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     metrics = read_metrics(run_dirs(tmp_path)[0])
     assert metrics["target"] == "imagefolder" and metrics["target_test_size"] > 0
+
+
+def test_anneal_schedule_is_the_dann_papers():
+    from tlrun.engine import lr_multiplier
+
+    factor = lr_multiplier("anneal", total_steps=200, steps_per_epoch=20, warmup_steps=0)
+    assert factor(0) == 1.0
+    # mu_p = mu_0 / (1 + 10 p)^0.75 (Ganin et al. 2016, Sec. 5.2.2)
+    assert factor(100) == pytest.approx(6 ** -0.75)
+    assert factor(200) == pytest.approx(11 ** -0.75)
+    assert factor(400) == pytest.approx(11 ** -0.75)  # held at the end
+
+
+@needs_cvdigits
+def test_discriminator_lr_mult_sets_the_discriminator_group(tmp_path: Path):
+    result = run_tlrun(["adaptation=dann", *DA_TINY, "train.epochs=1", "train.scheduler=none",
+                        "adaptation.discriminator_lr_mult=10"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert groups[-1]["stage"] == "discriminator"
+    assert groups[-1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert all(group["lr"] == pytest.approx(groups[0]["lr"]) for group in groups[:-1])
+
+
+def test_build_alignment_passes_the_discriminator_shape_and_dropout():
+    from omegaconf import OmegaConf
+
+    from tlrun.config import AdaptationConfig
+    from tlrun.pipelines.adaptation import build_alignment
+
+    cfg = OmegaConf.structured(AdaptationConfig(method="dann", discriminator_width=7, discriminator_depth=2,
+                                                discriminator_dropout=0.25))
+    _, module, _ = build_alignment(cfg, feature_dim=5)
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5, 7), (7, 7), (7, 1)]
+    assert [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]
+
+
+def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    result = run_tlrun(["--cfg", "job", "experiment=dann_digits", "data=cvdigits", "data.target=cvdigits_m"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.model.name == "lenet" and cfg.adaptation.method == "dann"
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.scheduler) == ("sgd", 0.01, 0.9, "anneal")
+    assert (cfg.adaptation.schedule, cfg.adaptation.gamma, cfg.adaptation.weight) == ("dann", 10.0, 1.0)
+    assert cfg.adaptation.feature_layer == "pool"  # the conv feature extractor's output
+    assert (cfg.adaptation.discriminator_width, cfg.adaptation.discriminator_depth) == (100, 1)
+    assert cfg.adaptation.discriminator_dropout == 0.0 and cfg.adaptation.discriminator_batch_norm is False

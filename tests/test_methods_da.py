@@ -85,6 +85,8 @@ def test_discriminator_architecture_is_configurable():
     assert disc(torch.randn(4, 16)).shape == (4,)
     default = DomainDiscriminator(32)
     assert [m.out_features for m in default.modules() if isinstance(m, torch.nn.Linear)] == [1024, 1024, 1]
+    paper = DomainDiscriminator(16, hidden=100, depth=1, dropout=0.0, batch_norm=False)
+    assert [type(m) for m in paper.net] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
 
 
 class _RecordBCE(TorchFunctionMode):

@@ -77,6 +77,12 @@ class AdaptationConfig:
     feature_layer: Optional[str] = None
     discriminator_width: int = bounded(1024, low=1)
     discriminator_depth: int = bounded(2, low=1)
+    # Dropout after each hidden block of the discriminator (TLlib uses dropout only without BatchNorm).
+    discriminator_dropout: float = bounded(0.5, low=0.0, high=0.9)
+    # BatchNorm1d in the discriminator's hidden blocks (the DANN paper's domain classifier has none).
+    discriminator_batch_norm: bool = True
+    # Learning rate of the discriminator = train.lr x this (its own parameter group, same schedule).
+    discriminator_lr_mult: float = bounded(1.0, low=0.0, low_open=True)
     # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).
     mmd_multipliers: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     mmd_estimator: str = choice("quadratic", ("quadratic", "linear"))
@@ -229,7 +235,8 @@ class TrainConfig:
     optimizer: str = choice("adamw", ("sgd", "adam", "adamw"))
     momentum: float = bounded(0.9, low=0.0, high=1.0)
     weight_decay: float = bounded(1e-4, low=0.0)
-    scheduler: str = choice("cosine", ("none", "cosine", "step", "onecycle"))
+    # anneal: lr / (1 + 10 p)^0.75 over progress p in iterations (DANN paper, Ganin et al. 2016, 5.2.2).
+    scheduler: str = choice("cosine", ("none", "cosine", "step", "onecycle", "anneal"))
     warmup_epochs: float = bounded(0.0, low=0.0)
     step_size: int = bounded(10, low=1)  # scheduler=step: epochs between decays
     gamma: float = bounded(0.1, low=0.0, low_open=True)  # scheduler=step: decay factor

@@ -129,6 +129,9 @@ def lr_multiplier(kind: str, total_steps: int, steps_per_epoch: int, warmup_step
             return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
         if kind == "step":
             return gamma ** (step // max(1, step_size_epochs * steps_per_epoch))
+        if kind == "anneal":  # Ganin et al. 2016: mu_p = mu_0 / (1 + 10 p)^0.75; stays at mu_0 / 6 at the end
+            done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return (1 + 10 * min(1.0, done)) ** -0.75
         return 1.0
 
     return factor

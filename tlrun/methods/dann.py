@@ -91,17 +91,24 @@ class DomainDiscriminator(nn.Module):
 
     ``depth`` hidden blocks of Linear -> BatchNorm1d -> ReLU -> Dropout, then Linear(hidden, 1).
     The default width/depth follow the domain classifier of Ganin et al. 2016 (Sec. 5.2.2:
-    x -> 1024 -> 1024 -> domain), with a single logit for BCE; BatchNorm is an addition for stability.
+    x -> 1024 -> 1024 -> domain), with a single logit for BCE; BatchNorm is an addition for stability
+    (``batch_norm=False`` and ``dropout=0`` give the paper's plain Linear -> ReLU blocks).
     """
 
-    def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5) -> None:
+    def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
+                 batch_norm: bool = True) -> None:
         super().__init__()
         if in_features < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"in_features, hidden and depth must be >= 1, got {in_features}, {hidden}, {depth}")
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            layers.append(nn.Linear(width, hidden))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
@@ -120,10 +127,12 @@ class DomainAdversarialLoss(nn.Module):
     """
 
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
-                 max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann") -> None:
+                 max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann",
+                 batch_norm: bool = True) -> None:
         super().__init__()
         self.grl = GradientReversalLayer(max_weight=max_weight, gamma=gamma, schedule=schedule)
-        self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout)
+        self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout,
+                                                 batch_norm=batch_norm)
 
     def set_progress(self, progress: float) -> None:
         """Forward training progress p in [0, 1] to the GRL's lambda schedule."""

@@ -120,6 +120,7 @@ def build_alignment(cfg, feature_dim: int) -> tuple[Optional[Alignment], Optiona
     if cfg.method == "dann":
         # The gradient reversal layer owns the lambda schedule; the loss is added unweighted.
         adversarial = DomainAdversarialLoss(feature_dim, hidden=cfg.discriminator_width, depth=cfg.discriminator_depth,
+                                            dropout=cfg.discriminator_dropout, batch_norm=cfg.discriminator_batch_norm,
                                             max_weight=cfg.weight, gamma=cfg.gamma, schedule=cfg.schedule)
 
         def dann(source: torch.Tensor, target: torch.Tensor, progress: float):
@@ -199,7 +200,8 @@ def run_adaptation(ctx: RunContext) -> dict:
         auxiliary.to(ctx.device)
     param_groups = prepared.plan.param_groups(model, cfg.train.lr)
     if auxiliary is not None:
-        param_groups.append({"params": list(auxiliary.parameters()), "lr": cfg.train.lr, "stage": "discriminator"})
+        param_groups.append({"params": list(auxiliary.parameters()), "lr": cfg.train.lr * cfg.adaptation.discriminator_lr_mult,
+                             "stage": "discriminator"})
     optimizer = make_optimizer(cfg.train, param_groups)
     step = AdaptationStep(model, tap, placement, alignment, loss_name, cfg.adaptation.features,
                           cfg.train.label_smoothing)
