@@ -49,6 +49,11 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def finished(run_dir: Path) -> bool:
+    """A completed run (an interrupted one also writes metrics.json, with status "interrupted")."""
+    return (run_dir / "metrics.json").is_file() and "test_acc" in metrics(run_dir)
+
+
 def mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
@@ -56,7 +61,7 @@ def mean_std(values: list[float]) -> str:
 
 def train_teacher(out: Path, common: list[str], size: int, epochs: int, model: str = "mobilenet_v2") -> Path:
     run_dir = out / "runs" / "teacher"
-    if not (run_dir / "metrics.json").is_file():
+    if not finished(run_dir):
         wall, _ = tlrun([*common, f"model={model}", f"data.image_size={size}", f"train.epochs={epochs}",
                          "train.lr=3e-3", "seed=0", f"hydra.run.dir={run_dir}"], out)
         print(f"  teacher: test_acc {metrics(run_dir)['test_acc']:.4f} ({wall:.0f} s)", flush=True)
@@ -69,7 +74,7 @@ def compare_seeds(out: Path, common: list[str], seeds: list[int], teacher: Path,
         for method, extra in (("student_alone", ["distill=none"]),
                               ("kd", ["distill=kd", *kd, f"distill.teacher={teacher}"])):
             run_dir = out / "runs" / f"{method}-seed{seed}"
-            if not (run_dir / "metrics.json").is_file():
+            if not finished(run_dir):
                 tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
                        f"data.cache_dir={out / 'cache'}"], out)
             m = metrics(run_dir)
