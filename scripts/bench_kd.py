@@ -3,12 +3,14 @@
 
     python scripts/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
 
-1. A teacher run: MobileNetV2 (ImageNet weights) fine-tuned at --teacher-size px for --teacher-epochs.
-2. Student alone (distill=none) and KD from that teacher (distill.teacher=<its folder>, T=4, α=0.7) for
-   each seed: test accuracy mean ± std.
+1. A teacher run: --teacher-model (ImageNet weights) fine-tuned at --teacher-size px for --teacher-epochs,
+   with the same data overrides (--extra: augmentation too) as the students.
+2. Student alone (distill=none) and KD from that teacher (distill.teacher=<its folder>, --temperature,
+   --alpha, distill.teacher_logits=--teacher-logits) for each seed: test accuracy mean ± std.
 3. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
-   fresh cache: how often the teacher is trained and its train-set logits computed (read from the
-   job logs), the teacher stage's time, and the sweep's wall time without it versus a 16-job
+   fresh cache and distill.teacher_logits=--sweep-teacher-logits (default cached: the teacher's train
+   logits computed once): how often the teacher is trained and its train-set logits computed (read
+   from the job logs), the teacher stage's time, and the sweep's wall time without it versus a 16-job
    student-alone sweep run the same way (`-m seed=0..15`).
 Every run is a normal tlrun run under --out; writes bench_kd.csv and prints markdown tables.
 """
@@ -47,35 +49,41 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def finished(run_dir: Path) -> bool:
+    """A completed run (an interrupted one also writes metrics.json, with status "interrupted")."""
+    return (run_dir / "metrics.json").is_file() and "test_acc" in metrics(run_dir)
+
+
 def mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def train_teacher(out: Path, common: list[str], size: int, epochs: int) -> Path:
+def train_teacher(out: Path, common: list[str], size: int, epochs: int, model: str = "mobilenet_v2") -> Path:
     run_dir = out / "runs" / "teacher"
-    if not (run_dir / "metrics.json").is_file():
-        wall, _ = tlrun([*common, "model=mobilenet_v2", f"data.image_size={size}", f"train.epochs={epochs}",
+    if not finished(run_dir):
+        wall, _ = tlrun([*common, f"model={model}", f"data.image_size={size}", f"train.epochs={epochs}",
                          "train.lr=3e-3", "seed=0", f"hydra.run.dir={run_dir}"], out)
         print(f"  teacher: test_acc {metrics(run_dir)['test_acc']:.4f} ({wall:.0f} s)", flush=True)
     return run_dir
 
 
-def compare_seeds(out: Path, common: list[str], seeds: list[int], teacher: Path) -> pd.DataFrame:
+def compare_seeds(out: Path, common: list[str], seeds: list[int], teacher: Path, kd: list[str]) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for method, extra in (("student_alone", ["distill=none"]),
-                              ("kd", ["distill=kd", "distill.temperature=4", "distill.alpha=0.7",
-                                      f"distill.teacher={teacher}"])):
+                              ("kd", ["distill=kd", *kd, f"distill.teacher={teacher}"])):
             run_dir = out / "runs" / f"{method}-seed{seed}"
-            if not (run_dir / "metrics.json").is_file():
+            if not finished(run_dir):
                 tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
                        f"data.cache_dir={out / 'cache'}"], out)
             m = metrics(run_dir)
             rows.append({"method": method, "seed": seed, "test_acc": m["test_acc"],
                          "teacher_test_acc": m.get("teacher_test_acc"), "params": m["params_total"],
                          "params_teacher": m.get("params_teacher"), "latency_ms_student": m.get("latency_ms_student"),
-                         "latency_ms_teacher": m.get("latency_ms_teacher"), "wall_time_s": m["wall_time_s"]})
+                         "latency_ms_teacher": m.get("latency_ms_teacher"), "wall_time_s": m["wall_time_s"],
+                         "best_val_acc": m["best_val_acc"], "teacher_logits": m.get("teacher_logits"),
+                         "epoch_time_s_mean": m.get("epoch_time_s_mean")})
             print(f"  {method} seed {seed}: test_acc {m['test_acc']:.4f}", flush=True)
     return pd.DataFrame(rows)
 
@@ -84,12 +92,13 @@ def count_in_logs(sweep: Path, pattern: str) -> int:
     return sum(len(re.findall(pattern, log.read_text())) for log in sweep.glob("*/tlrun.log"))
 
 
-def sweep_cost(out: Path, common: list[str]) -> dict:
+def sweep_cost(out: Path, common: list[str], logits_mode: str = "cached") -> dict:
     # The student recipe of part 2 (model, lr, batch), --sweep-epochs long; seed 0 for every KD job.
     kd_sweep, alone_sweep = out / "sweep_kd", out / "sweep_alone"
     cache = out / "sweep_cache"  # fresh: the sweep itself must train the teacher (once)
     kd_wall, _ = tlrun(["-m", *common, "distill=kd", "distill.temperature=1,3,5,10",
-                        "distill.alpha=0.3,0.5,0.7,0.9", *SWEEP_TEACHER, f"data.cache_dir={cache}",
+                        "distill.alpha=0.3,0.5,0.7,0.9", *SWEEP_TEACHER, f"distill.teacher_logits={logits_mode}",
+                        f"data.cache_dir={cache}",
                         f"hydra.sweep.dir={kd_sweep}"], out)
     alone_wall, _ = tlrun(["-m", *common, "distill=none", "seed=" + ",".join(map(str, range(16))),
                            f"data.cache_dir={cache}", f"hydra.sweep.dir={alone_sweep}"], out)
@@ -97,6 +106,7 @@ def sweep_cost(out: Path, common: list[str]) -> dict:
                    for t in re.findall(r"Teacher stage took ([\d.]+) s", log.read_text())]
     summary = pd.read_csv(kd_sweep / "sweep_summary.csv")
     return {
+        "teacher_logits": logits_mode,
         "jobs": len(summary), "jobs_ok": int((summary["status"] == "ok").sum()),
         "teacher_trainings": count_in_logs(kd_sweep, r"Teacher stage: fine-tuning"),
         "teacher_stage_hits": count_in_logs(kd_sweep, r"Teacher stage: cache hit"),
@@ -123,7 +133,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, mps")
     parser.add_argument("--teacher-size", type=int, default=96)
     parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--teacher-model", default="mobilenet_v2")
+    parser.add_argument("--teacher-extra", default="",
+                        help="tlrun overrides for the teacher run only (e.g. augmentation, so that its soft "
+                             "targets on the training images are not one-hot)")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft (teacher) term")
+    parser.add_argument("--teacher-logits", default="auto", choices=("auto", "cached", "online"))
     parser.add_argument("--sweep-epochs", type=int, default=5, help="student epochs of each sweep job")
+    parser.add_argument("--sweep-teacher-logits", default="cached", choices=("auto", "cached", "online"),
+                        help="distill.teacher_logits of the sweep (cached: one teacher pass for all 16 jobs)")
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -133,17 +152,23 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     print(f"1. teacher on {args.data}", flush=True)
-    teacher = train_teacher(out, data, args.teacher_size, args.teacher_epochs)
+    teacher = train_teacher(out, [*data, *shlex.split(args.teacher_extra)], args.teacher_size, args.teacher_epochs,
+                            args.teacher_model)
     print(f"2. student alone vs KD, seeds {seeds}", flush=True)
-    runs = compare_seeds(out, common, seeds, teacher)
+    kd_args = [f"distill.temperature={args.temperature:g}", f"distill.alpha={args.alpha:g}",
+               f"distill.teacher_logits={args.teacher_logits}"]
+    runs = compare_seeds(out, common, seeds, teacher, kd_args)
     runs.to_csv(out / "bench_kd.csv", index=False)
     alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
     table = pd.DataFrame([
-        {"model": f"teacher mobilenet_v2 (fine-tuned, {args.teacher_size} px)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
+        {"model": f"teacher {args.teacher_model} (fine-tuned, {args.teacher_size} px)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
          "params": int(kd["params_teacher"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_teacher"].median()},
         {"model": "student lenet alone", "test acc %": mean_std(alone["test_acc"].tolist()),
+         "best val acc %": mean_std(alone["best_val_acc"].tolist()),
          "params": int(alone["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
-        {"model": "student lenet + KD (T=4, α=0.7)", "test acc %": mean_std(kd["test_acc"].tolist()),
+        {"model": f"student lenet + KD (T={args.temperature:g}, α={args.alpha:g}, {kd['teacher_logits'].iloc[0]} "
+                  "teacher logits)", "test acc %": mean_std(kd["test_acc"].tolist()),
+         "best val acc %": mean_std(kd["best_val_acc"].tolist()),
          "params": int(kd["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
     ])
     print(markdown_table(table, floatfmt=".2f"))
@@ -152,7 +177,7 @@ def main() -> None:
 
     if not args.skip_sweep:
         print("3. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)
-        cost = sweep_cost(out, [*common, f"train.epochs={args.sweep_epochs}"])
+        cost = sweep_cost(out, [*common, f"train.epochs={args.sweep_epochs}"], args.sweep_teacher_logits)
         (out / "bench_kd_sweep.json").write_text(json.dumps(cost, indent=2) + "\n")
         print(markdown_table(pd.DataFrame([{k: v for k, v in cost.items() if k not in ("best_cell", "heatmap")}])))
         print(f"\nbest cell: {cost['best_cell']}; heatmap: {cost['heatmap']}")

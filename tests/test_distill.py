@@ -140,3 +140,78 @@ def test_optuna_search_optimises_the_named_metric(tmp_path: Path):
     summary = pd.read_csv(sweep / "sweep_summary.csv")
     assert len(summary) == 2 and (summary["status"] == "ok").all()
     assert {"distill.temperature", "distill.alpha"} <= set(summary.columns)
+
+
+# --- distill.teacher_logits: cached | online | auto ------------------------------------------------------
+
+def test_teacher_view_is_identity_for_same_geometry_and_renormalises_otherwise():
+    from tlrun.data.pipeline import ImageGeometry
+    from tlrun.pipelines.distill import to_teacher_view
+
+    torch.manual_seed(0)
+    student = ImageGeometry(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    pixels = torch.rand(2, 3, 16, 16)
+    images = (pixels - 0.5) / 0.25
+    assert to_teacher_view(images, student, student) is images
+    imagenet = ImageGeometry(16, 16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    expected = (pixels - torch.tensor(imagenet.mean).view(1, 3, 1, 1)) / torch.tensor(imagenet.std).view(1, 3, 1, 1)
+    assert torch.allclose(to_teacher_view(images, student, imagenet), expected, atol=1e-5)
+    bigger = ImageGeometry(32, 32, imagenet.mean, imagenet.std)
+    assert to_teacher_view(images, student, bigger).shape == (2, 3, 32, 32)
+
+
+def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_path: Path):
+    """The first batch's KD loss is the same whether the teacher's logits were cached or computed online."""
+    from omegaconf import OmegaConf
+
+    from tlrun.artifacts import load_run_model
+    from tlrun.data.pipeline import ImageDataset, build_transform, load_run_data, make_loader
+    from tlrun.engine import Placement
+    from tlrun.pipelines.distill import (CachedTeacher, DistillationStep, Indexed, OnlineTeacher, predict_logits)
+
+    teacher_run = tmp_path / "teacher"
+    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=8",
+                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    teacher = load_run_model(teacher_run, "cpu")
+    saved_cfg = OmegaConf.create(teacher.config)
+    data = load_run_data(saved_cfg.data, 0)
+    placement = Placement(torch.device("cpu"))
+    train = data.splits["train"]
+    cached = predict_logits(teacher.model, make_loader(ImageDataset(train, build_transform(teacher.geometry, None, False)),
+                                                       64, False, 0), placement)
+    loader = make_loader(Indexed(ImageDataset(train, build_transform(teacher.geometry, saved_cfg.data.augment, True))),
+                         8, True, 0)
+    batch = next(iter(loader))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, len(data.classes)))
+    losses = []
+    for source in (CachedTeacher(cached, placement), OnlineTeacher(teacher, teacher.geometry, placement)):
+        out = DistillationStep(student, placement, source, 4.0, 0.9)(batch, 0.0)
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_online_and_cached_runs_agree_and_auto_goes_online_with_augmentation(tmp_path: Path):
+    teacher_run = tmp_path / "teacher"
+    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
+                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
+              "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "device.deterministic=true", *TINY]
+    runs = {}
+    for name, extra in (("cached", ["distill.teacher_logits=cached"]), ("online", ["distill.teacher_logits=online"]),
+                        ("auto_plain", []), ("auto_aug", ["data.augment.hflip=true"])):
+        run_dir = tmp_path / name
+        result = run_tlrun([*common, *extra, f"hydra.run.dir={run_dir}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = read_metrics(run_dir)
+    assert [runs[n]["teacher_logits"] for n in ("cached", "online", "auto_plain", "auto_aug")] == \
+        ["cached", "online", "cached", "online"]
+    assert runs["online"]["teacher_logits_cache"] == "none" and runs["cached"]["teacher_logits_cache"] in ("hit", "miss")
+    for m in runs.values():
+        assert m["epoch_time_s_mean"] > 0
+    # Deterministic transforms: the online teacher sees exactly the cached images, so training matches.
+    cached, online = (pd.read_csv(tmp_path / n / "ft_history.csv") for n in ("cached", "online"))
+    assert online["kd_loss"].iloc[0] == pytest.approx(cached["kd_loss"].iloc[0], rel=1e-4)
+    assert online["train_loss"].iloc[0] == pytest.approx(cached["train_loss"].iloc[0], rel=1e-4)
+    assert runs["online"]["test_acc"] == pytest.approx(runs["cached"]["test_acc"], abs=1e-9)

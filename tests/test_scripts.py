@@ -58,6 +58,7 @@ def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
     assert cost["jobs"] == 16 and cost["jobs_ok"] == 16
     assert cost["teacher_trainings"] == 1 and cost["teacher_logit_computations"] == 1
     assert cost["teacher_stage_hits"] == 15 and cost["teacher_logit_hits"] == 15
+    assert cost["teacher_logits"] == "cached"
 
 
 def test_bench_meta_script(tmp_path: Path):

@@ -105,6 +105,11 @@ class DistillConfig:
     temperature: float = bounded(4.0, low=0.0, low_open=True)
     # Weight of the soft (teacher) term; 1 - alpha weights the hard-label cross-entropy.
     alpha: float = bounded(0.7, low=0.0, high=1.0)
+    # Where the teacher's train-set logits come from. cached: computed once on the un-augmented images
+    # (cheap: a T×α sweep pays one teacher pass); online: the frozen teacher runs on every training batch,
+    # on the same augmented view the student sees (consistent views, Beyer et al. 2022); auto: online when
+    # data.augment draws random transforms, else cached.
+    teacher_logits: str = choice("auto", ("auto", "cached", "online"))
     # --- distill=meta: few-shot episodes (N-way K-shot), MAML inner loop on a functional copy ---
     # meta_distill: inner loss = the KD mix above (alpha) to the teacher's episode soft targets;
     # maml: inner CE, no teacher; protonet: prototypes on the teacher's features (no training);

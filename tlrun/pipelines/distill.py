@@ -1,8 +1,16 @@
 """Knowledge distillation: a fine-tuned teacher's soft targets train the run's model (the student).
 
-The teacher sees every training image through its own evaluation transform (no augmentation), so
-its logits over the training set are computed once and cached on disk, keyed by the teacher file's
-hash, the training images and the teacher's preprocessing; the student may still use augmentation.
+``distill.teacher_logits`` says where the teacher's soft targets come from:
+
+* cached: the teacher sees every training image once through its own evaluation transform (no
+  augmentation); those logits are cached on disk, keyed by the teacher file's hash, the training
+  images and the teacher's preprocessing. Cheap (a T×α sweep pays one teacher pass), but with random
+  augmentation the student's view and the teacher's target no longer describe the same image.
+* online: the frozen teacher runs on every training batch, on the same augmented view the student
+  sees, rescaled and re-normalised to the teacher's own input geometry ("consistent" teaching,
+  Beyer et al. 2022); costs one teacher forward pass per step.
+* auto (default): online when data.augment draws random transforms, else cached.
+
 When no ``distill.teacher`` is given, ``distill.teacher_model`` is fine-tuned first as a stage whose
 run folder is cached by the hash of its config: a T×α sweep trains the teacher once.
 """
@@ -14,9 +22,10 @@ import statistics
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -25,6 +34,7 @@ import tlrun
 from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.cache import cache_root, digest, file_digest, images_digest, locked
 from tlrun.checkpoint import save_atomic
+from tlrun.config import random_augmentations
 from tlrun.data.pipeline import ImageDataset, ImageGeometry, RunData, build_transform, load_run_data, make_loader
 from tlrun.engine import Engine, FitResult, Placement, StepOutput
 from tlrun.errors import ConfigError, DataError
@@ -51,20 +61,79 @@ class Indexed(Dataset):
         return (*self.dataset[index], index)
 
 
+class CachedTeacher:
+    """Soft targets looked up by training-image index in the precomputed train-set logits."""
+
+    mode = "cached"
+
+    def __init__(self, logits: torch.Tensor, placement: Placement) -> None:
+        self.logits, self.placement = logits.to(placement.device), placement
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.logits[index.to(self.placement.device)]
+
+
+def to_teacher_view(images: torch.Tensor, student: ImageGeometry, teacher: ImageGeometry) -> torch.Tensor:
+    """The student's (augmented, normalised) batch as the teacher's input: un-normalise, resize to the
+    teacher's input size, normalise with the teacher's mean/std. The identity when both match."""
+    same_norm = tuple(student.mean) == tuple(teacher.mean) and tuple(student.std) == tuple(teacher.std)
+    if same_norm and images.shape[-1] == teacher.crop_size and images.shape[-2] == teacher.crop_size:
+        return images
+
+    def stats(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+
+    pixels = images * stats(student.std) + stats(student.mean)
+    if images.shape[-1] != teacher.crop_size or images.shape[-2] != teacher.crop_size:
+        mode = teacher.interpolation if teacher.interpolation in ("bilinear", "bicubic") else "bilinear"
+        pixels = F.interpolate(pixels, size=(teacher.crop_size, teacher.crop_size), mode=mode,
+                               align_corners=False, antialias=True)
+    return (pixels - stats(teacher.mean)) / stats(teacher.std)
+
+
+class OnlineTeacher:
+    """The frozen teacher (eval mode, no gradients) on the very batch the student trains on."""
+
+    mode = "online"
+
+    def __init__(self, teacher: LoadedModel, student_geometry: ImageGeometry, placement: Placement) -> None:
+        self.model = placement.model(teacher.model).eval().requires_grad_(False)
+        self.student_geometry, self.teacher_geometry = student_geometry, teacher.geometry
+        self.placement = placement
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self.model.eval()  # stays frozen whatever mode the engine puts the student in
+        with torch.no_grad():  # runs inside the engine's autocast, like the student's forward pass
+            return self.model(to_teacher_view(images, self.student_geometry, self.teacher_geometry)).detach()
+
+
 class DistillationStep:
-    def __init__(self, model: nn.Module, placement: Placement, teacher_logits: torch.Tensor, temperature: float,
-                 alpha: float, label_smoothing: float = 0.0) -> None:
-        self.model, self.placement = model, placement
-        self.teacher_logits = teacher_logits.to(placement.device)
+    def __init__(self, model: nn.Module, placement: Placement, teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 temperature: float, alpha: float, label_smoothing: float = 0.0) -> None:
+        self.model, self.placement, self.teacher = model, placement, teacher
         self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
 
     def __call__(self, batch: Any, progress: float) -> StepOutput:
         images, targets, index = batch
         targets = self.placement.labels(targets)
-        logits = self.model(self.placement.images(images))
-        teacher = self.teacher_logits[index.to(self.placement.device)]
+        images = self.placement.images(images)
+        logits = self.model(images)
+        teacher = self.teacher(images, index).float()
         loss, parts = distillation_loss(logits, teacher, targets, self.temperature, self.alpha, self.label_smoothing)
         return StepOutput(loss, logits, targets, parts)
+
+
+def teacher_logits_mode(cfg: DictConfig) -> str:
+    """distill.teacher_logits resolved: auto is online when the student's training images go through
+    random transforms (a cached logit would describe another view of the image), else cached."""
+    mode = cfg.distill.get("teacher_logits", "auto")
+    if mode == "auto":
+        return "online" if random_augmentations(cfg.data.augment) else "cached"
+    if mode == "cached" and random_augmentations(cfg.data.augment):
+        log.warning("distill.teacher_logits=cached with %s: the teacher's targets describe the un-augmented "
+                    "images, not the student's views; distill.teacher_logits=online keeps them consistent",
+                    ", ".join(random_augmentations(cfg.data.augment)))
+    return mode
 
 
 def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[Path, str]:
@@ -123,8 +192,11 @@ def teacher_train_logits(ctx: RunContext, teacher: LoadedModel, teacher_file: Pa
                 return cached, "hit"
         log.info("Teacher logits: computing %d once (cache %s)", len(train), path.name)
         dataset = ImageDataset(train, build_transform(teacher.geometry, None, train=False))
-        logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0),
-                                ctx.placement)
+        # A DataLoader iterator draws its base seed from the global RNG: without the fork, a cache miss
+        # would shift the student's dropout/augmentation stream and a run would depend on the cache state.
+        with torch.random.fork_rng(devices=[]):
+            logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0),
+                                    ctx.placement)
         save_atomic(logits, path)
         return logits, "miss"
 
@@ -173,31 +245,39 @@ class StudentFit:
     engine: Engine
     fit: FitResult
     loaders: Loaders
-    logits_cache: str
+    logits_cache: str  # hit | miss (cached mode), none (online mode)
+    logits_mode: str  # cached | online
 
 
 def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher_file: Path,
                    prepared: PreparedModel) -> StudentFit:
-    """Train the prepared student on ``data`` with Hinton KD from the teacher's cached train logits
-    (best val checkpoint restored)."""
+    """Train the prepared student on ``data`` with Hinton KD from the teacher's soft targets, cached
+    or online (distill.teacher_logits); the best val checkpoint is restored."""
     cfg = ctx.cfg
     augment = cfg.data.augment
     refuse_batch_mixing(cfg)
     check_same_classes(teacher, data)
-    logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
+    mode = teacher_logits_mode(cfg)
+    if mode == "online":
+        source: Callable = OnlineTeacher(teacher, prepared.geometry, ctx.placement)
+        logits_cache = "none"
+        log.info("Teacher logits: online (the frozen teacher runs on each augmented training batch)")
+    else:
+        logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
+        source = CachedTeacher(logits, ctx.placement)
     loaders = make_loaders(ctx, data, prepared.geometry)
     train_images = loaders.train.dataset.images  # decoded once into memory when small enough
     train_set = Indexed(ImageDataset(train_images, build_transform(prepared.geometry, augment, train=True)))
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers)
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
-    step = DistillationStep(prepared.model, ctx.placement, logits, cfg.distill.temperature, cfg.distill.alpha,
+    step = DistillationStep(prepared.model, ctx.placement, source, cfg.distill.temperature, cfg.distill.alpha,
                             cfg.train.label_smoothing)
     engine = Engine(model=prepared.model, step=step, optimizer=optimizer, train_loader=train_loader,
                     val_loader=loaders.val, placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
                     **engine_options(cfg))
     fit = engine.fit()
     engine.load_best()
-    return StudentFit(engine, fit, loaders, logits_cache)
+    return StudentFit(engine, fit, loaders, logits_cache, mode)
 
 
 @PIPELINES.register("kd")
@@ -223,7 +303,9 @@ def run_kd(ctx: RunContext) -> dict:
         "teacher": str(teacher_file),
         "teacher_model": teacher.model_name,
         "teacher_source": teacher_source,
+        "teacher_logits": student.logits_mode,
         "teacher_logits_cache": student.logits_cache,
+        "epoch_time_s_mean": float(fit.history["epoch_time_s"].mean()) if len(fit.history) else None,
         "temperature": cfg.distill.temperature,
         "alpha": cfg.distill.alpha,
         "teacher_test_acc": teacher_acc,
