@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_image_folder
-from tlrun.data.sources import OPENCV_DIGITS
+from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TLRUN = f"{sys.executable} -m tlrun"
@@ -99,3 +99,76 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path):
     assert sorted(frame["seed"].tolist()) == [0, 1] and (frame["status"] == "ok").all()
     hydra_files = list(tmp_path.glob("multirun/*/*/*/.hydra/hydra.yaml"))
     assert len(hydra_files) == 2 and all("JoblibLauncher" in path.read_text() for path in hydra_files)
+
+
+def make_split_folder(root: Path, per_class: int) -> Path:
+    """train/ val/ test/ class folders of shape images (the layout bench_speed.py expects)."""
+    for index, split in enumerate(("train", "val", "test")):
+        make_image_folder(root / split, per_class=per_class, seed=index)
+    return root
+
+
+def test_bench_speed_script(tmp_path: Path):
+    root = make_split_folder(tmp_path / "shapes", per_class=4)
+    out = tmp_path / "speed"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_speed.py"), "--root", str(root), "--out", str(out),
+                             "--benches", "all,kd,data,layout", "--epochs-all", "1", "--epochs", "1",
+                             "--batch-size", "4", "--eval-batch-size", "8", "--kd-student", "lenet"],
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(out / "bench_speed.csv")
+    assert set(table["bench"]) == {"freeze=all", "kd", "data path", "cpu layout/amp"}
+    assert (table["time_s"] > 0).all()
+    tlrun_row = table[(table["bench"] == "freeze=all") & table["side"].str.contains("tlrun")].iloc[0]
+    assert tlrun_row["speedup"] > 0 and 0 <= tlrun_row["test_acc"] <= 1
+    assert "| bench | side |" in result.stdout
+
+
+def test_bench_imagefolder_script(tmp_path: Path):
+    root = make_image_folder(tmp_path / "shapes", per_class=8)
+    out = tmp_path / "imagefolder"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_imagefolder.py"), "--root", str(root),
+                             "--models", "lenet", "--freezes", "none", "--epochs", "1", "--out", str(out),
+                             "--extra", "device=cpu device.threads=1 data.image_size=16"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(out / "bench_imagefolder.csv")
+    assert table[["model", "freeze", "status"]].values.tolist() == [["lenet", "none", "ok"]]
+    assert json.loads((out / "lenet-none-s0" / "metrics.json").read_text())["test_acc"] == table["test_acc"][0]
+
+
+def test_bench_rank_script(tmp_path: Path):
+    out = tmp_path / "rank"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_rank.py"), "--data", "digits", "--models",
+                             "mobilenet_v2", "--image-size", "32", "--max-per-class", "6", "--epochs", "1",
+                             "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(out / "bench_rank.csv")
+    assert len(table) == 2 and table["weights"].str.startswith("null").sum() == 1
+    assert table["freeze_all_test_acc"].between(0, 1).all()
+    assert "kendall_tau_logme" in result.stdout
+
+
+@pytest.mark.skipif(not any(path.is_dir() for path in FASHION_DIRS), reason="dataset-fashion-mnist is not installed")
+def test_export_fashion_mnist_script(tmp_path: Path):
+    from PIL import Image
+
+    result = subprocess.run([sys.executable, str(SCRIPTS / "export_fashion_mnist.py"), str(tmp_path / "png"),
+                             "--per-class", "2", "--size", "16"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = sorted((tmp_path / "png").glob("*/*.png"))
+    assert len(images) == 20 and len({path.parent for path in images}) == 10
+    with Image.open(images[0]) as image:
+        assert image.size == (16, 16) and image.mode == "RGB"
+
+
+def test_quickstart_script_sets_up_and_runs(tmp_path: Path):
+    # setup.sh on the venv running this test: everything is installed already, so it only re-checks.
+    venv = Path(sys.executable).parent.parent
+    result = run_script("quickstart.sh", {"VENV": str(venv), "SKIP_APT": "1"}, "model=lenet", "data=digits",
+                        "data.image_size=16", "data.max_per_class=5", "train.epochs=1", "train.progress=none",
+                        "device=cpu", "device.threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "setup: done" in result.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model"] == "lenet"
