@@ -4,7 +4,10 @@
     python scripts/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
 
 1. A teacher run: --teacher-model (ImageNet weights) fine-tuned at --teacher-size px for --teacher-epochs,
-   with the same data overrides (--extra: augmentation too) as the students.
+   with the same data overrides (--extra: augmentation too) as the students; seed 0 only, or with
+   --teacher-per-seed one teacher per seed, trained on that seed's own training split (the seed also
+   draws the images with data.max_per_class: a seed-0 teacher has seen labelled images that another
+   seed's student never gets).
 2. Student alone (distill=none) and KD from that teacher (distill.teacher=<its folder>, --temperature,
    --alpha, distill.teacher_logits=--teacher-logits) for each seed: test accuracy mean ± std.
 3. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -59,20 +63,24 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def train_teacher(out: Path, common: list[str], size: int, epochs: int, model: str = "mobilenet_v2") -> Path:
-    run_dir = out / "runs" / "teacher"
+def train_teacher(out: Path, common: list[str], size: int, epochs: int, model: str = "mobilenet_v2",
+                  seed: Optional[int] = None) -> Path:
+    """The seed-0 teacher (runs/teacher), or with ``seed`` that seed's own (runs/teacher-seed<seed>)."""
+    run_dir = out / "runs" / ("teacher" if seed is None else f"teacher-seed{seed}")
     if not finished(run_dir):
         wall, _ = tlrun([*common, f"model={model}", f"data.image_size={size}", f"train.epochs={epochs}",
-                         "train.lr=3e-3", "seed=0", f"hydra.run.dir={run_dir}"], out)
-        print(f"  teacher: test_acc {metrics(run_dir)['test_acc']:.4f} ({wall:.0f} s)", flush=True)
+                         "train.lr=3e-3", f"seed={seed or 0}", f"hydra.run.dir={run_dir}"], out)
+        print(f"  teacher{'' if seed is None else f' seed {seed}'}: test_acc {metrics(run_dir)['test_acc']:.4f} "
+              f"({wall:.0f} s)", flush=True)
     return run_dir
 
 
-def compare_seeds(out: Path, common: list[str], seeds: list[int], teacher: Path, kd: list[str]) -> pd.DataFrame:
+def compare_seeds(out: Path, common: list[str], seeds: list[int], teachers: dict[int, Path],
+                  kd: list[str]) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for method, extra in (("student_alone", ["distill=none"]),
-                              ("kd", ["distill=kd", *kd, f"distill.teacher={teacher}"])):
+                              ("kd", ["distill=kd", *kd, f"distill.teacher={teachers[seed]}"])):
             run_dir = out / "runs" / f"{method}-seed{seed}"
             if not finished(run_dir):
                 tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
@@ -134,6 +142,9 @@ def main() -> None:
     parser.add_argument("--teacher-size", type=int, default=96)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--teacher-model", default="mobilenet_v2")
+    parser.add_argument("--teacher-per-seed", action="store_true",
+                        help="one teacher per seed, trained on that seed's training split (default: the seed-0 "
+                             "teacher for every seed)")
     parser.add_argument("--teacher-extra", default="",
                         help="tlrun overrides for the teacher run only (e.g. augmentation, so that its soft "
                              "targets on the training images are not one-hot)")
@@ -152,12 +163,17 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     print(f"1. teacher on {args.data}", flush=True)
-    teacher = train_teacher(out, [*data, *shlex.split(args.teacher_extra)], args.teacher_size, args.teacher_epochs,
-                            args.teacher_model)
+    teacher_data = [*data, *shlex.split(args.teacher_extra)]
+    if args.teacher_per_seed:
+        teachers = {seed: train_teacher(out, teacher_data, args.teacher_size, args.teacher_epochs, args.teacher_model,
+                                        seed) for seed in seeds}
+    else:
+        teacher = train_teacher(out, teacher_data, args.teacher_size, args.teacher_epochs, args.teacher_model)
+        teachers = {seed: teacher for seed in seeds}
     print(f"2. student alone vs KD, seeds {seeds}", flush=True)
     kd_args = [f"distill.temperature={args.temperature:g}", f"distill.alpha={args.alpha:g}",
                f"distill.teacher_logits={args.teacher_logits}"]
-    runs = compare_seeds(out, common, seeds, teacher, kd_args)
+    runs = compare_seeds(out, common, seeds, teachers, kd_args)
     runs.to_csv(out / "bench_kd.csv", index=False)
     alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
     table = pd.DataFrame([
@@ -173,7 +189,10 @@ def main() -> None:
     ])
     print(markdown_table(table, floatfmt=".2f"))
     gain = 100 * (kd["test_acc"].mean() - alone["test_acc"].mean())
-    print(f"\nKD gain over the student alone: {gain:+.2f} points (mean of {len(seeds)} seeds)\n", flush=True)
+    per_seed = ", ".join(f"seed {seed}: {100 * (k - a):+.1f}" for seed, a, k in
+                         zip(seeds, alone["test_acc"].tolist(), kd["test_acc"].tolist()))
+    print(f"\nKD gain over the student alone: {gain:+.2f} points (mean of {len(seeds)} seeds; {per_seed})\n",
+          flush=True)
 
     if not args.skip_sweep:
         print("3. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)

@@ -3,6 +3,7 @@
 #   DATA=fashion_mnist SEEDS=0,1,2 EPOCHS=50 OUT=outputs/bench_kd DEVICE=cpu PYTHON=.venv/bin/python
 #   EXTRA="data.max_per_class=100 <augmentation>"   (every run: teacher and students)
 #   TEACHER_MODEL=mobilenet_v2 TEACHER_SIZE=64 TEACHER_EPOCHS=15 TEACHER_EXTRA="..." (teacher run only)
+#   TEACHER_PER_SEED=1 (one teacher per seed, on that seed's training split; default: the seed-0 teacher)
 #   TEMPERATURE=4 ALPHA=0.9 TEACHER_LOGITS=auto (auto: online with the random augmentation of EXTRA)
 #   SWEEP_EPOCHS=5 SWEEP_TEACHER_LOGITS=cached (the sweep computes the teacher's train logits once)
 # Default setting: Fashion-MNIST, 100 images per class, random-resized-crop (scale 0.5-1) + flips for
@@ -17,4 +18,4 @@ exec "$PYTHON" scripts/bench_kd.py --data "${DATA:-fashion_mnist}" --seeds "${SE
   --device "${DEVICE:-cpu}" --teacher-model "${TEACHER_MODEL:-mobilenet_v2}" --teacher-epochs "${TEACHER_EPOCHS:-15}" \
   --teacher-size "${TEACHER_SIZE:-64}" --teacher-extra "${TEACHER_EXTRA:-}" --temperature "${TEMPERATURE:-4}" \
   --alpha "${ALPHA:-0.9}" --teacher-logits "${TEACHER_LOGITS:-auto}" --sweep-epochs "${SWEEP_EPOCHS:-5}" \
-  --sweep-teacher-logits "${SWEEP_TEACHER_LOGITS:-cached}" "$@"
+  --sweep-teacher-logits "${SWEEP_TEACHER_LOGITS:-cached}" ${TEACHER_PER_SEED:+--teacher-per-seed} "$@"

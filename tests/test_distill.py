@@ -215,3 +215,26 @@ def test_online_and_cached_runs_agree_and_auto_goes_online_with_augmentation(tmp
     assert online["kd_loss"].iloc[0] == pytest.approx(cached["kd_loss"].iloc[0], rel=1e-4)
     assert online["train_loss"].iloc[0] == pytest.approx(cached["train_loss"].iloc[0], rel=1e-4)
     assert runs["online"]["test_acc"] == pytest.approx(runs["cached"]["test_acc"], abs=1e-9)
+
+
+def test_cached_logits_stay_aligned_with_files_through_the_in_memory_store(tmp_path: Path):
+    """Image files, shuffled batches, train/val split and max_per_class: the cached teacher logits looked up by
+    index equal the online teacher's on the very batch images, with the uint8 store on and off."""
+    root = make_image_folder(tmp_path / "images", per_class=14)
+    data = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.max_per_class=12"]
+    teacher_run = tmp_path / "teacher"
+    made = run_tlrun(["model=lenet", "train.epochs=8", *data, f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=2", *data,
+              "distill.temperature=1", "distill.alpha=1", "train.batch_size=8", "device.deterministic=true", *TINY]
+    histories = {}
+    for store in ("0", "1024"):
+        for mode in ("cached", "online"):
+            run_dir = tmp_path / f"{mode}-{store}"
+            result = run_tlrun([*common, f"distill.teacher_logits={mode}", f"data.in_memory_max_mb={store}",
+                                f"data.cache_dir={tmp_path / ('c' + store)}", f"hydra.run.dir={run_dir}"], tmp_path)
+            assert result.returncode == 0, result.stderr[-2000:]
+            histories[run_dir.name] = pd.read_csv(run_dir / "ft_history.csv")
+    reference = histories["online-0"]
+    for name, history in histories.items():
+        assert history["kd_loss"].tolist() == pytest.approx(reference["kd_loss"].tolist(), rel=1e-3), name
