@@ -75,7 +75,7 @@ def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: st
 @needs_cvdigits
 @pytest.mark.parametrize("args, needles", [
     (["adaptation=dann", "model=lenet"], ["needs a target domain", "data.target"]),
-    (["adaptation=dann", "model=lenet", "data.target=cvdigitz"], ["unknown dataset 'cvdigitz'", "cvdigits"]),
+    (["adaptation=dann", "model=lenet", "data.target=cvdigitz"], ["unknown dataset 'cvdigitz' (data.target=)", "cvdigits"]),
     (["adaptation=mmd", "model=lenet", "data=cvdigits", "data.target=fashion_mnist", "data.max_per_class=5"], []),
 ])
 def test_bad_adaptation_inputs(tmp_path: Path, args, needles):

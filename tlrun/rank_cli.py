@@ -85,15 +85,14 @@ def run(args: argparse.Namespace) -> int:
     candidates = [Candidate.parse(text) for text in args.models]
     _check_models(candidates)
     name, root = _data_spec(args.data)
-    from tlrun.data import domains, imagefolder  # noqa: F401  (register their datasets)
-    from tlrun.data.sources import DATASETS
+    from tlrun.data.sources import dataset_builder
 
-    DATASETS.get(name)  # an unknown dataset fails here, before any model is built
+    dataset_builder(name, "--data")  # an unknown dataset fails here, before any model is built
     data_cfg = data_config(name, root, args.image_size, args.max_per_class)
     source_cfg = None
     if args.source:
         source_name, source_root = _data_spec(args.source)
-        DATASETS.get(source_name)
+        dataset_builder(source_name, "--source")
         source_cfg = data_config(source_name, source_root, args.image_size, args.max_per_class)
     table = rank(candidates, data_cfg, args.seed, args.split, source_cfg, args.by, batch_size=args.batch_size)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Optional, Callable, Generic, Iterator, TypeVar
 
 from tlrun.errors import ConfigError
 
@@ -27,11 +27,13 @@ class Registry(Generic[T]):
 
         return add
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, config_key: Optional[str] = None) -> T:
+        """The item registered as ``name``; an unknown name is a one-line ConfigError naming
+        ``config_key`` (default: the registry's own key, e.g. ``data=``)."""
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"unknown {self.kind} '{name}' ({self.config_key}): {hint}"
+            raise ConfigError(f"unknown {self.kind} '{name}' ({config_key or self.config_key}): {hint}"
                               f"choose one of {', '.join(sorted(self._items))}")
         return self._items[name]
 

@@ -194,11 +194,17 @@ for _name, _class in TORCHVISION_SETS.items():
     _register_torchvision(_name, _class)
 
 
-def load_source(request: DataRequest) -> SourceData:
+def dataset_builder(name: str, config_key: str = "data=") -> DatasetBuilder:
+    """The builder registered as ``name``, from every dataset module; an unknown name is one
+    ConfigError line naming ``config_key`` (``data=``, ``data.target=``, ...)."""
     from tlrun.data import domains  # noqa: F401  (registers data=digits_m, cvdigits_m, mnist_m)
     from tlrun.data import imagefolder  # noqa: F401  (registers data=imagefolder)
 
-    source = DATASETS.get(request.name)(request)
+    return DATASETS.get(name, config_key)
+
+
+def load_source(request: DataRequest) -> SourceData:
+    source = dataset_builder(request.name)(request)
     for part_name, part in source.parts.items():
         if len(part) == 0:
             raise DataError(f"dataset {request.name} has no images in its {part_name} part")

@@ -144,6 +144,9 @@ def target_names(cfg) -> tuple[str, Optional[str]]:
         raise ConfigError(f"adaptation={cfg.adaptation.method} needs a target domain: data.target=<dataset> "
                           "(e.g. cvdigits_m) or data.target_root=<image folder>")
     name = data.target or "imagefolder"
+    from tlrun.data.sources import dataset_builder
+
+    dataset_builder(name, "data.target=")  # before any data is loaded; the message names data.target
     if name == "imagefolder" and not data.target_root:
         raise ConfigError("data.target=imagefolder needs data.target_root=<folder of class sub-folders>")
     return name, data.target_root
