@@ -238,3 +238,54 @@ def test_cached_logits_stay_aligned_with_files_through_the_in_memory_store(tmp_p
     reference = histories["online-0"]
     for name, history in histories.items():
         assert history["kd_loss"].tolist() == pytest.approx(reference["kd_loss"].tolist(), rel=1e-3), name
+
+
+def test_mixup_distils_on_the_teacher_view_of_the_mixed_images():
+    """Function matching: with MixUp the online teacher gets the very mixed batch the student trains on,
+    the hard term uses the mixed label probabilities and accuracy is scored on their argmax."""
+    from omegaconf import OmegaConf
+
+    from tlrun.data.pipeline import batch_mixer
+    from tlrun.engine import Placement
+    from tlrun.methods.kd import distillation_loss
+    from tlrun.pipelines.distill import DistillationStep
+
+    torch.manual_seed(0)
+    samples = [(torch.rand(3, 8, 8), k % 3, k) for k in range(6)]  # (image, label, training index)
+    mixer = batch_mixer(OmegaConf.create({"mixup_alpha": 1.0, "cutmix_alpha": 0.0}), num_classes=3)
+    images, targets, index = mixer(samples)
+    assert torch.equal(index, torch.arange(6))  # the index passes through the mixer unchanged
+    assert targets.shape == (6, 3) and torch.allclose(targets.sum(1), torch.ones(6))
+    unmixed = torch.stack([s[0] for s in samples])
+    assert not torch.allclose(images, unmixed)
+
+    seen = []
+    teacher_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+
+    def teacher(batch_images, batch_index):
+        seen.append(batch_images)
+        return teacher_net(batch_images)
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    out = DistillationStep(student, Placement(torch.device("cpu")), teacher, 2.0, 0.5)((images, targets, index), 0.0)
+    assert torch.equal(seen[0], images)
+    expected, _ = distillation_loss(student(images), teacher_net(images), targets, 2.0, 0.5)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(out.targets, targets.argmax(1))
+
+
+def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits(tmp_path: Path):
+    teacher_run = tmp_path / "teacher"
+    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
+                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
+              "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "data.augment.mixup_alpha=0.4", *TINY]
+    refused = run_tlrun([*common, "distill.teacher_logits=cached", f"hydra.run.dir={tmp_path / 'cached'}"], tmp_path)
+    assert_one_line_error(refused, "distill.teacher_logits=online")
+    ran = run_tlrun([*common, f"hydra.run.dir={tmp_path / 'auto'}"], tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    metrics = read_metrics(tmp_path / "auto")
+    assert metrics["teacher_logits"] == "online" and metrics["teacher_logits_cache"] == "none"
+    history = pd.read_csv(tmp_path / "auto" / "ft_history.csv")
+    assert history["kd_loss"].iloc[0] > 0 and history["ce_loss"].iloc[0] > 0

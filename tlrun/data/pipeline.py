@@ -248,7 +248,8 @@ def in_memory(images: ImageSet, geometry: ImageGeometry, max_mb: float, num_work
 
 
 def batch_mixer(augment: DictConfig, num_classes: int) -> Optional[Callable]:
-    """MixUp/CutMix on whole batches (labels become class probabilities)."""
+    """MixUp/CutMix on whole batches (labels become class probabilities). Fields after (image, label),
+    such as the training-image index of distillation, pass through unchanged."""
     mixers = []
     if augment.mixup_alpha > 0:
         mixers.append(v2.MixUp(alpha=augment.mixup_alpha, num_classes=num_classes))
@@ -257,7 +258,11 @@ def batch_mixer(augment: DictConfig, num_classes: int) -> Optional[Callable]:
     if not mixers:
         return None
     mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-    return lambda batch: mixer(*default_collate(batch))
+    def mix(batch: list) -> tuple:
+        images, labels, *rest = default_collate(batch)
+        return (*mixer(images, labels), *rest)
+
+    return mix
 
 
 def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,

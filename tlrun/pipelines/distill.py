@@ -35,8 +35,9 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.cache import cache_root, digest, file_digest, images_digest, locked
 from tlrun.checkpoint import save_atomic
 from tlrun.config import random_augmentations
-from tlrun.data.pipeline import ImageDataset, ImageGeometry, RunData, build_transform, load_run_data, make_loader
-from tlrun.engine import Engine, FitResult, Placement, StepOutput
+from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform, load_run_data,
+                                 make_loader)
+from tlrun.engine import Engine, FitResult, Placement, StepOutput, hard_labels
 from tlrun.errors import ConfigError, DataError
 from tlrun.freeze import count_params
 from tlrun.methods.kd import distillation_loss
@@ -119,8 +120,10 @@ class DistillationStep:
         images = self.placement.images(images)
         logits = self.model(images)
         teacher = self.teacher(images, index).float()
+        # With MixUp/CutMix the targets are class probabilities (cross-entropy takes them as they are)
+        # and the online teacher has seen the same mixed images.
         loss, parts = distillation_loss(logits, teacher, targets, self.temperature, self.alpha, self.label_smoothing)
-        return StepOutput(loss, logits, targets, parts)
+        return StepOutput(loss, logits, hard_labels(targets), parts)
 
 
 def teacher_logits_mode(cfg: DictConfig) -> str:
@@ -233,11 +236,22 @@ def check_same_classes(teacher: LoadedModel, data: RunData) -> None:
                         "the teacher was trained on")
 
 
-def refuse_batch_mixing(cfg: DictConfig) -> None:
-    augment = cfg.data.augment
-    if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
-        raise ConfigError("distillation does not support MixUp/CutMix yet (the teacher's cached logits describe "
-                          "unmixed images); set data.augment.mixup_alpha=0 data.augment.cutmix_alpha=0")
+def mixes_batches(cfg: DictConfig) -> bool:
+    return cfg.data.augment.mixup_alpha > 0 or cfg.data.augment.cutmix_alpha > 0
+
+
+def refuse_cached_batch_mixing(cfg: DictConfig) -> None:
+    """MixUp/CutMix need the teacher on the mixed images (function matching, Beyer et al. 2022): a cached
+    logit describes one unmixed image, and the teacher's logits of a mix are not the mix of its logits."""
+    if mixes_batches(cfg) and teacher_logits_mode(cfg) == "cached":
+        raise ConfigError("data.augment.mixup_alpha/cutmix_alpha mix images, which cached teacher logits cannot "
+                          "describe; use distill.teacher_logits=online (or auto), or set the alphas to 0")
+
+
+def refuse_batch_mixing(cfg: DictConfig, why: str) -> None:
+    if mixes_batches(cfg):
+        raise ConfigError(f"{why} does not support MixUp/CutMix; set data.augment.mixup_alpha=0 "
+                          "data.augment.cutmix_alpha=0")
 
 
 @dataclass
@@ -255,7 +269,7 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     or online (distill.teacher_logits); the best val checkpoint is restored."""
     cfg = ctx.cfg
     augment = cfg.data.augment
-    refuse_batch_mixing(cfg)
+    refuse_cached_batch_mixing(cfg)
     check_same_classes(teacher, data)
     mode = teacher_logits_mode(cfg)
     if mode == "online":
@@ -268,7 +282,8 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     loaders = make_loaders(ctx, data, prepared.geometry)
     train_images = loaders.train.dataset.images  # decoded once into memory when small enough
     train_set = Indexed(ImageDataset(train_images, build_transform(prepared.geometry, augment, train=True)))
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers)
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers,
+                               batch_mixer(augment, len(data.classes)))
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     step = DistillationStep(prepared.model, ctx.placement, source, cfg.distill.temperature, cfg.distill.alpha,
                             cfg.train.label_smoothing)
@@ -283,7 +298,7 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
 @PIPELINES.register("kd")
 def run_kd(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    refuse_batch_mixing(cfg)  # before a teacher stage spends minutes
+    refuse_cached_batch_mixing(cfg)  # before a teacher stage spends minutes
     data = load_run_data(cfg.data, cfg.seed)
     teacher, teacher_file, teacher_source = load_teacher(ctx)
     check_same_classes(teacher, data)

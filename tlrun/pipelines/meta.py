@@ -266,7 +266,7 @@ class ProtoHeadPredictor:
 def run_meta(ctx: RunContext) -> dict:
     cfg, meta = ctx.cfg, ctx.cfg.distill
     mode = meta.meta_mode
-    refuse_batch_mixing(cfg)
+    refuse_batch_mixing(cfg, "distill=meta (episodes of support/query images)")
     data = load_run_data(cfg.data, cfg.seed)
     split = split_classes(data.classes, meta.meta_test_classes, meta.n_way)
     log.info("Meta-%s: meta-train classes %s, held-out meta-test classes %s", mode,
