@@ -151,6 +151,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft (teacher) term")
     parser.add_argument("--teacher-logits", default="auto", choices=("auto", "cached", "online"))
+    parser.add_argument("--kd-extra", default="",
+                        help="tlrun overrides for the KD students only (e.g. 'distill.transfer_images=5000 "
+                             "train.epochs=30': unlabelled transfer images, epochs counted over them)")
     parser.add_argument("--sweep-epochs", type=int, default=5, help="student epochs of each sweep job")
     parser.add_argument("--sweep-teacher-logits", default="cached", choices=("auto", "cached", "online"),
                         help="distill.teacher_logits of the sweep (cached: one teacher pass for all 16 jobs)")
@@ -172,7 +175,7 @@ def main() -> None:
         teachers = {seed: teacher for seed in seeds}
     print(f"2. student alone vs KD, seeds {seeds}", flush=True)
     kd_args = [f"distill.temperature={args.temperature:g}", f"distill.alpha={args.alpha:g}",
-               f"distill.teacher_logits={args.teacher_logits}"]
+               f"distill.teacher_logits={args.teacher_logits}", *shlex.split(args.kd_extra)]
     runs = compare_seeds(out, common, seeds, teachers, kd_args)
     runs.to_csv(out / "bench_kd.csv", index=False)
     alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
@@ -183,7 +186,8 @@ def main() -> None:
          "best val acc %": mean_std(alone["best_val_acc"].tolist()),
          "params": int(alone["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
         {"model": f"student lenet + KD (T={args.temperature:g}, α={args.alpha:g}, {kd['teacher_logits'].iloc[0]} "
-                  "teacher logits)", "test acc %": mean_std(kd["test_acc"].tolist()),
+                  f"teacher logits{', ' + args.kd_extra if args.kd_extra else ''})",
+         "test acc %": mean_std(kd["test_acc"].tolist()),
          "best val acc %": mean_std(kd["best_val_acc"].tolist()),
          "params": int(kd["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
     ])

@@ -14,7 +14,8 @@ from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tl
 from tlrun.errors import ConfigError
 from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.methods.domain_gap import proxy_a_distance
-from tlrun.pipelines.adaptation import FeatureTap, PairedBatches
+from tlrun.data.pipeline import PairedBatches
+from tlrun.pipelines.adaptation import FeatureTap
 
 
 def test_paired_batches_cycle_the_shorter_loader():

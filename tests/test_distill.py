@@ -289,3 +289,64 @@ def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits
     assert metrics["teacher_logits"] == "online" and metrics["teacher_logits_cache"] == "none"
     history = pd.read_csv(tmp_path / "auto" / "ft_history.csv")
     assert history["kd_loss"].iloc[0] > 0 and history["ce_loss"].iloc[0] > 0
+
+
+def test_transfer_images_are_the_left_out_unlabelled_images():
+    from omegaconf import OmegaConf
+
+    from tlrun.data.pipeline import left_out_images, load_run_data
+    from tlrun.errors import DataError
+
+    data_cfg = OmegaConf.create({"name": "digits", "root": None, "cache_dir": None, "bad_images": "error",
+                                 "classes": None, "split": [0.6, 0.2, 0.2], "max_per_class": 20})
+    run = load_run_data(data_cfg, 0)
+    transfer = left_out_images(data_cfg, 0, run, 300)
+    used = set().union(*(split.ids for split in run.splits.values()))
+    assert len(transfer) == 300 and not used & set(transfer.ids)
+    assert (transfer.labels == -1).all()
+    assert transfer.ids == left_out_images(data_cfg, 0, run, 300).ids  # seeded
+    assert transfer.ids != left_out_images(data_cfg, 1, run, 300).ids
+    assert len(left_out_images(data_cfg, 0, run, 10**6)) == 1797 - len(used)  # all that is left, no more
+    data_cfg.max_per_class = None
+    with pytest.raises(DataError, match="data.max_per_class"):
+        left_out_images(data_cfg, 0, load_run_data(data_cfg, 0), 10)
+
+
+def test_transfer_batch_joins_the_soft_term_only():
+    from tlrun.engine import Placement
+    from tlrun.pipelines.distill import DistillationStep
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    labelled = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 1]), torch.arange(4))
+    transfer = (torch.randn(6, 3, 2, 2), torch.full((6,), -1), torch.arange(6))
+    teacher_logits, transfer_logits = torch.randn(4, 3), torch.randn(6, 3)
+    step = DistillationStep(student, Placement(torch.device("cpu")), lambda x, i: teacher_logits[i], 2.0, 0.6,
+                            transfer_teacher=lambda x, i: transfer_logits[i])
+    out = step((labelled, transfer), 0.0)
+    logits = student(torch.cat([labelled[0], transfer[0]]))
+    kd = soft_target_kl(logits, torch.cat([teacher_logits, transfer_logits]), 2.0)
+    ce = torch.nn.functional.cross_entropy(logits[:4], labelled[1])
+    assert out.loss.item() == pytest.approx((0.6 * kd + 0.4 * ce).item(), rel=1e-6)
+    assert out.logits.shape == (4, 3) and torch.equal(out.targets, labelled[1])
+
+
+def test_kd_with_transfer_images_end_to_end_and_refusals(tmp_path: Path):
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    args = [*KD_TINY, cache, "data=digits", "data.max_per_class=10", "distill.transfer_images=40"]
+    first = run_tlrun([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = read_metrics(tmp_path / "a")
+    assert metrics["transfer_images"] == 40 and metrics["teacher_logits_cache"] == "miss"
+    # 40 transfer images in batches of train.batch_size: the epoch is as long as the longer set.
+    assert "Transfer set: 40 unlabelled images" in (tmp_path / "a" / "tlrun.log").read_text()
+    again = run_tlrun([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    assert again.returncode == 0 and read_metrics(tmp_path / "b")["teacher_logits_cache"] == "hit"
+    no_pool = run_tlrun([*KD_TINY, cache, "data=digits", "data.max_per_class=null", "distill.transfer_images=40",
+                         f"hydra.run.dir={tmp_path / 'c'}"], tmp_path)
+    assert_one_line_error(no_pool, "data.max_per_class")
+    mixed = run_tlrun([*args, "data.augment.mixup_alpha=0.4", f"hydra.run.dir={tmp_path / 'd'}"], tmp_path)
+    assert_one_line_error(mixed, "mixup_alpha=0")
+    meta = run_tlrun(["distill=meta", "distill.transfer_images=40", "data=digits", *TINY,
+                      f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    assert_one_line_error(meta, "distill.transfer_images=0")

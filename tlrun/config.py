@@ -110,6 +110,9 @@ class DistillConfig:
     # on the same augmented view the student sees (consistent views, Beyer et al. 2022); auto: online when
     # data.augment draws random transforms, else cached.
     teacher_logits: str = choice("auto", ("auto", "cached", "online"))
+    # Hinton's transfer set: this many images of the run's dataset that its splits leave out
+    # (data.max_per_class), used *without labels*: each step adds a batch of them to the soft-target term.
+    transfer_images: int = bounded(0, low=0)
     # --- distill=meta: few-shot episodes (N-way K-shot), MAML inner loop on a functional copy ---
     # meta_distill: inner loss = the KD mix above (alpha) to the teacher's episode soft targets;
     # maml: inner CE, no teacher; protonet: prototypes on the teacher's features (no training);

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -265,15 +265,19 @@ def batch_mixer(augment: DictConfig, num_classes: int) -> Optional[Callable]:
     return mix
 
 
+def _load_source(data_cfg: DictConfig, name: str, root: Optional[str]) -> SourceData:
+    request = DataRequest(name=name, root=root,
+                          cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
+                          bad_images=data_cfg.bad_images)
+    return select_classes(load_source(request), data_cfg.get("classes"))
+
+
 def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,
                   root: Optional[str] = None) -> RunData:
     """Load dataset ``name`` (default: data.name from data.root) and split it for this run."""
     if name is None:
         name, root = data_cfg.name, data_cfg.root
-    request = DataRequest(name=name, root=root,
-                          cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
-                          bad_images=data_cfg.bad_images)
-    source = select_classes(load_source(request), data_cfg.get("classes"))
+    source = _load_source(data_cfg, name, root)
     splits = make_splits(source, list(data_cfg.split), seed, data_cfg.max_per_class)
     for split in SPLITS:
         if len(splits[split]) == 0:
@@ -281,6 +285,53 @@ def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,
     log.info("Data %s: %s; %d classes; train/val/test = %d/%d/%d", name, source.description,
              len(source.classes), *(len(splits[s]) for s in SPLITS))
     return RunData(name, source.classes, splits, source.description)
+
+
+def left_out_images(data_cfg: DictConfig, seed: int, run: RunData, count: int) -> ImageSet:
+    """Up to ``count`` images of the run's dataset that none of its train/val/test splits holds (those
+    data.max_per_class left out), drawn at random with ``seed``, their labels removed (set to -1): an
+    unlabelled transfer set. Only the pool that train was drawn from is used (never a fixed test part)."""
+    source = _load_source(data_cfg, data_cfg.name, data_cfg.root)
+    pool_name = "all" if "all" in source.parts else "train"
+    pool = source.parts[pool_name]
+    # The splits drawn from this pool; a fixed val/test part of the dataset numbers its images separately.
+    drawn = [split for split in SPLITS if pool_name == "all" or split == "train" or split not in source.parts]
+    used = set().union(*(run.splits[split].ids for split in drawn))
+    free = [i for i, sample_id in enumerate(pool.ids) if sample_id not in used]
+    if not free:
+        raise DataError(f"{run.name} has no images outside the run's train/val/test splits to use as unlabelled "
+                        "transfer images; cap the splits with data.max_per_class=<n> or set distill.transfer_images=0")
+    if len(free) < count:
+        log.info("Transfer set: only %d images of %s are outside the run's splits (asked for %d)", len(free),
+                 run.name, count)
+    chosen = pool.subset(np.sort(np.random.default_rng(seed).permutation(free)[:count]))
+    chosen.labels = np.full(len(chosen), -1, dtype=np.int64)  # unlabelled: nothing downstream can use them
+    return chosen
+
+
+class PairedBatches:
+    """Yields (batch of ``source``, batch of ``target``) pairs for an epoch as long as the longer loader; the
+    shorter one restarts when it runs out (never zip-truncated). Domain adaptation pairs source and target
+    domains; distillation pairs labelled images with unlabelled transfer images."""
+
+    def __init__(self, source: DataLoader, target: DataLoader) -> None:
+        self.source, self.target = source, target
+
+    def __len__(self) -> int:
+        return max(len(self.source), len(self.target))
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        iterators = [iter(self.source), iter(self.target)]
+        loaders = (self.source, self.target)
+        for _ in range(len(self)):
+            pair = []
+            for k in range(2):
+                try:
+                    pair.append(next(iterators[k]))
+                except StopIteration:
+                    iterators[k] = iter(loaders[k])
+                    pair.append(next(iterators[k]))
+            yield tuple(pair)
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0,

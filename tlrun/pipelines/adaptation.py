@@ -8,14 +8,14 @@ selected by source validation accuracy.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlrun.data.pipeline import ImageDataset, RunData, build_transform, load_run_data, make_loader
+from tlrun.data.pipeline import ImageDataset, PairedBatches, RunData, build_transform, load_run_data, make_loader
 from tlrun.engine import Engine, Placement, StepOutput
 from tlrun.errors import ConfigError, DataError
 from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
@@ -26,29 +26,6 @@ from tlrun.report import plot_domain_features
 log = logging.getLogger(__name__)
 
 GAP_SAMPLES = 1000  # per domain, for the MMD / A-distance / plot of the feature space
-
-
-class PairedBatches:
-    """Yields (source batch, target batch) pairs; the shorter loader restarts when it runs out."""
-
-    def __init__(self, source: DataLoader, target: DataLoader) -> None:
-        self.source, self.target = source, target
-
-    def __len__(self) -> int:
-        return max(len(self.source), len(self.target))
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        iterators = [iter(self.source), iter(self.target)]
-        loaders = (self.source, self.target)
-        for _ in range(len(self)):
-            pair = []
-            for k in range(2):
-                try:
-                    pair.append(next(iterators[k]))
-                except StopIteration:
-                    iterators[k] = iter(loaders[k])
-                    pair.append(next(iterators[k]))
-            yield tuple(pair)
 
 
 class FeatureTap:

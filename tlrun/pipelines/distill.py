@@ -35,12 +35,13 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.cache import cache_root, digest, file_digest, images_digest, locked
 from tlrun.checkpoint import save_atomic
 from tlrun.config import random_augmentations
-from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform, load_run_data,
-                                 make_loader)
+from tlrun.data.pipeline import (ImageDataset, ImageGeometry, PairedBatches, RunData, batch_mixer, build_transform,
+                                 in_memory, left_out_images, load_run_data, make_loader)
+from tlrun.data.sources import ImageSet
 from tlrun.engine import Engine, FitResult, Placement, StepOutput, hard_labels
 from tlrun.errors import ConfigError, DataError
 from tlrun.freeze import count_params
-from tlrun.methods.kd import distillation_loss
+from tlrun.methods.kd import soft_target_kl
 from tlrun.models.catalog import MODEL_DEFAULTS
 from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, engine_options,
                                     make_loaders, make_optimizer, prepare_model, save_model_file,
@@ -108,22 +109,41 @@ class OnlineTeacher:
             return self.model(to_teacher_view(images, self.student_geometry, self.teacher_geometry)).detach()
 
 
+TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, training indices) -> logits
+
+
 class DistillationStep:
-    def __init__(self, model: nn.Module, placement: Placement, teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 temperature: float, alpha: float, label_smoothing: float = 0.0) -> None:
+    """Hinton KD on a labelled batch; with ``transfer_teacher`` a batch is (labelled, unlabelled transfer)
+    and the soft-target term covers both, the hard-label term the labelled images only."""
+
+    def __init__(self, model: nn.Module, placement: Placement, teacher: TeacherLogits, temperature: float,
+                 alpha: float, label_smoothing: float = 0.0, transfer_teacher: Optional[TeacherLogits] = None) -> None:
         self.model, self.placement, self.teacher = model, placement, teacher
         self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
+        self.transfer_teacher = transfer_teacher
 
     def __call__(self, batch: Any, progress: float) -> StepOutput:
-        images, targets, index = batch
+        if self.transfer_teacher is None:
+            (images, targets, index), transfer = batch, None
+        else:
+            (images, targets, index), transfer = batch
         targets = self.placement.labels(targets)
         images = self.placement.images(images)
-        logits = self.model(images)
         teacher = self.teacher(images, index).float()
+        count = len(images)
+        if transfer is not None:
+            transfer_images, _no_labels, transfer_index = transfer
+            transfer_images = self.placement.images(transfer_images)
+            teacher = torch.cat([teacher, self.transfer_teacher(transfer_images, transfer_index).float()])
+            images = torch.cat([images, transfer_images])
+        all_logits = self.model(images)
+        logits = all_logits[:count]
         # With MixUp/CutMix the targets are class probabilities (cross-entropy takes them as they are)
         # and the online teacher has seen the same mixed images.
-        loss, parts = distillation_loss(logits, teacher, targets, self.temperature, self.alpha, self.label_smoothing)
-        return StepOutput(loss, logits, hard_labels(targets), parts)
+        kd = soft_target_kl(all_logits, teacher.to(all_logits.dtype), self.temperature)
+        ce = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = self.alpha * kd + (1.0 - self.alpha) * ce
+        return StepOutput(loss, logits, hard_labels(targets), {"kd_loss": kd.item(), "ce_loss": ce.item()})
 
 
 def teacher_logits_mode(cfg: DictConfig) -> str:
@@ -180,11 +200,11 @@ def predict_logits(model: nn.Module, loader: DataLoader, placement: Placement) -
     return torch.cat([model(placement.images(images)).float().cpu() for images, *_ in loader])
 
 
-def teacher_train_logits(ctx: RunContext, teacher: LoadedModel, teacher_file: Path, data: RunData) -> tuple[torch.Tensor, str]:
-    """The teacher's logits for every training image (cached; never stale: the key covers the
+def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path, data_name: str,
+                      train: ImageSet) -> tuple[torch.Tensor, str]:
+    """The teacher's logits for every image of ``train`` (cached; never stale: the key covers the
     teacher weights, the images and the teacher's preprocessing)."""
-    train = data.splits["train"]
-    key = digest({"teacher": file_digest(teacher_file), "data": data.name, "images": images_digest(train),
+    key = digest({"teacher": file_digest(teacher_file), "data": data_name, "images": images_digest(train),
                    "geometry": teacher.geometry.__dict__})
     path = cache_root(ctx.cfg) / "teacher_logits" / f"{key}.pt"
     with locked(path.with_suffix(".lock")):
@@ -254,6 +274,12 @@ def refuse_batch_mixing(cfg: DictConfig, why: str) -> None:
                           "data.augment.cutmix_alpha=0")
 
 
+def check_kd_options(cfg: DictConfig) -> None:
+    refuse_cached_batch_mixing(cfg)
+    if cfg.distill.transfer_images:
+        refuse_batch_mixing(cfg, "distill.transfer_images (unlabelled images have no labels to mix)")
+
+
 @dataclass
 class StudentFit:
     engine: Engine
@@ -261,6 +287,7 @@ class StudentFit:
     loaders: Loaders
     logits_cache: str  # hit | miss (cached mode), none (online mode)
     logits_mode: str  # cached | online
+    transfer_images: int  # unlabelled transfer images in the soft-target term (distill.transfer_images)
 
 
 def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher_file: Path,
@@ -269,36 +296,53 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     or online (distill.teacher_logits); the best val checkpoint is restored."""
     cfg = ctx.cfg
     augment = cfg.data.augment
-    refuse_cached_batch_mixing(cfg)
+    check_kd_options(cfg)
     check_same_classes(teacher, data)
     mode = teacher_logits_mode(cfg)
+    transfer = None
+    if cfg.distill.transfer_images:
+        transfer = left_out_images(cfg.data, cfg.seed, data, cfg.distill.transfer_images)
+        log.info("Transfer set: %d unlabelled images of %s outside the run's splits join the soft-target term",
+                 len(transfer), data.name)
+    transfer_source: Optional[Callable] = None
     if mode == "online":
         source: Callable = OnlineTeacher(teacher, prepared.geometry, ctx.placement)
+        transfer_source = source if transfer is not None else None
         logits_cache = "none"
         log.info("Teacher logits: online (the frozen teacher runs on each augmented training batch)")
     else:
-        logits, logits_cache = teacher_train_logits(ctx, teacher, teacher_file, data)
+        logits, logits_cache = teacher_logits_of(ctx, teacher, teacher_file, data.name, data.splits["train"])
         source = CachedTeacher(logits, ctx.placement)
+        if transfer is not None:
+            transfer_logits, transfer_cache = teacher_logits_of(ctx, teacher, teacher_file, data.name, transfer)
+            transfer_source = CachedTeacher(transfer_logits, ctx.placement)
+            logits_cache = logits_cache if logits_cache == transfer_cache else "partial hit"
     loaders = make_loaders(ctx, data, prepared.geometry)
+    train_tf = build_transform(prepared.geometry, augment, train=True)
     train_images = loaders.train.dataset.images  # decoded once into memory when small enough
-    train_set = Indexed(ImageDataset(train_images, build_transform(prepared.geometry, augment, train=True)))
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers,
-                               batch_mixer(augment, len(data.classes)))
+    train_loader: Any = make_loader(Indexed(ImageDataset(train_images, train_tf)), cfg.train.batch_size, True,
+                                    cfg.seed, cfg.device.num_workers, batch_mixer(augment, len(data.classes)))
+    if transfer is not None:
+        transfer = in_memory(transfer, prepared.geometry, cfg.data.in_memory_max_mb, cfg.device.num_workers, "transfer")
+        # An epoch is one pass over the longer of the two sets; the shorter one is cycled.
+        train_loader = PairedBatches(train_loader, make_loader(Indexed(ImageDataset(transfer, train_tf)),
+                                                               cfg.train.batch_size, True, cfg.seed + 1,
+                                                               cfg.device.num_workers))
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     step = DistillationStep(prepared.model, ctx.placement, source, cfg.distill.temperature, cfg.distill.alpha,
-                            cfg.train.label_smoothing)
+                            cfg.train.label_smoothing, transfer_source)
     engine = Engine(model=prepared.model, step=step, optimizer=optimizer, train_loader=train_loader,
                     val_loader=loaders.val, placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
                     **engine_options(cfg))
     fit = engine.fit()
     engine.load_best()
-    return StudentFit(engine, fit, loaders, logits_cache, mode)
+    return StudentFit(engine, fit, loaders, logits_cache, mode, len(transfer) if transfer is not None else 0)
 
 
 @PIPELINES.register("kd")
 def run_kd(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    refuse_cached_batch_mixing(cfg)  # before a teacher stage spends minutes
+    check_kd_options(cfg)  # before a teacher stage spends minutes
     data = load_run_data(cfg.data, cfg.seed)
     teacher, teacher_file, teacher_source = load_teacher(ctx)
     check_same_classes(teacher, data)
@@ -320,6 +364,7 @@ def run_kd(ctx: RunContext) -> dict:
         "teacher_source": teacher_source,
         "teacher_logits": student.logits_mode,
         "teacher_logits_cache": student.logits_cache,
+        "transfer_images": student.transfer_images,
         "epoch_time_s_mean": float(fit.history["epoch_time_s"].mean()) if len(fit.history) else None,
         "temperature": cfg.distill.temperature,
         "alpha": cfg.distill.alpha,

@@ -267,6 +267,8 @@ def run_meta(ctx: RunContext) -> dict:
     cfg, meta = ctx.cfg, ctx.cfg.distill
     mode = meta.meta_mode
     refuse_batch_mixing(cfg, "distill=meta (episodes of support/query images)")
+    if meta.transfer_images:  # they would include images of the held-out meta-test classes
+        raise ConfigError("distill.transfer_images is for distill=kd; set distill.transfer_images=0 with distill=meta")
     data = load_run_data(cfg.data, cfg.seed)
     split = split_classes(data.classes, meta.meta_test_classes, meta.n_way)
     log.info("Meta-%s: meta-train classes %s, held-out meta-test classes %s", mode,
