@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder
+from conftest import make_image_folder, read_metrics
 from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -50,10 +50,12 @@ def test_bench_da_script(tmp_path: Path):
 def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
     env = {"DATA": "digits", "SEEDS": "0", "EPOCHS": "1", "OUT": str(tmp_path / "kd"), "DEVICE": "cpu",
            "EXTRA": "data.max_per_class=8 device.threads=1", "TEACHER_EPOCHS": "1", "TEACHER_SIZE": "32",
-           "SWEEP_EPOCHS": "1"}
+           "SWEEP_EPOCHS": "1", "KD_EXTRA": "distill.transfer_images=30 train.epochs=1"}
     result = run_script("bench_kd.sh", env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "kd" / "bench_kd.csv")) == 2
+    assert read_metrics(tmp_path / "kd" / "runs" / "kd-seed0")["transfer_images"] == 30  # KD_EXTRA: KD only
+    assert "transfer_images" not in read_metrics(tmp_path / "kd" / "runs" / "student_alone-seed0")
     cost = json.loads((tmp_path / "kd" / "bench_kd_sweep.json").read_text())
     assert cost["jobs"] == 16 and cost["jobs_ok"] == 16
     assert cost["teacher_trainings"] == 1 and cost["teacher_logit_computations"] == 1
