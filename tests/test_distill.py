@@ -55,6 +55,15 @@ KD_TINY = ["distill=kd", "model=lenet", "distill.teacher_model=small_resnet", "d
            "train.epochs=1", "data.image_size=16", "data.max_per_class=15", *TINY]
 
 
+def train_tiny_teacher(tmp_path: Path, name: str = "teacher", per_class: int = 10) -> Path:
+    """A 1-epoch LeNet run folder on digits at 16 px, to serve as distill.teacher."""
+    run_dir = tmp_path / name
+    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", f"data.max_per_class={per_class}",
+                      f"hydra.run.dir={run_dir}", *TINY], tmp_path)
+    assert made.returncode == 0, made.stderr
+    return run_dir
+
+
 def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     first = run_tlrun([*KD_TINY, cache, "distill.temperature=2"], tmp_path)
@@ -75,10 +84,7 @@ def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
 
 
 def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path):
-    teacher_run = tmp_path / "teacher"
-    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
-                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
-    assert made.returncode == 0, made.stderr
+    teacher_run = train_tiny_teacher(tmp_path)
     ok = run_tlrun(["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1",
                     "data.image_size=16", "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", *TINY], tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -93,10 +99,7 @@ def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path):
 
 
 def test_teacher_logits_cache_is_invalidated_when_teacher_weights_change(tmp_path: Path):
-    teacher_a = tmp_path / "teacher_a"
-    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
-                      f"hydra.run.dir={teacher_a}", *TINY], tmp_path)
-    assert made.returncode == 0, made.stderr
+    teacher_a = train_tiny_teacher(tmp_path, "teacher_a")
     # Same architecture, classes and preprocessing; only the weights differ.
     teacher_b = tmp_path / "teacher_b"
     teacher_b.mkdir()
@@ -169,10 +172,7 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
     from tlrun.engine import Placement
     from tlrun.pipelines.distill import (CachedTeacher, DistillationStep, Indexed, OnlineTeacher, predict_logits)
 
-    teacher_run = tmp_path / "teacher"
-    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=8",
-                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
-    assert made.returncode == 0, made.stderr
+    teacher_run = train_tiny_teacher(tmp_path, per_class=8)
     teacher = load_run_model(teacher_run, "cpu")
     saved_cfg = OmegaConf.create(teacher.config)
     data = load_run_data(saved_cfg.data, 0)
@@ -192,10 +192,7 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
 
 
 def test_online_and_cached_runs_agree_and_auto_goes_online_with_augmentation(tmp_path: Path):
-    teacher_run = tmp_path / "teacher"
-    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
-                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
-    assert made.returncode == 0, made.stderr
+    teacher_run = train_tiny_teacher(tmp_path)
     common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
               "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "device.deterministic=true", *TINY]
     runs = {}
@@ -275,10 +272,7 @@ def test_mixup_distils_on_the_teacher_view_of_the_mixed_images():
 
 
 def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits(tmp_path: Path):
-    teacher_run = tmp_path / "teacher"
-    made = run_tlrun(["model=lenet", "train.epochs=1", "data.image_size=16", "data.max_per_class=10",
-                      f"hydra.run.dir={teacher_run}", *TINY], tmp_path)
-    assert made.returncode == 0, made.stderr
+    teacher_run = train_tiny_teacher(tmp_path)
     common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
               "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "data.augment.mixup_alpha=0.4", *TINY]
     refused = run_tlrun([*common, "distill.teacher_logits=cached", f"hydra.run.dir={tmp_path / 'cached'}"], tmp_path)
