@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import make_image_folder, read_metrics
 from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
@@ -45,6 +46,10 @@ def test_bench_da_script(tmp_path: Path):
     runs = pd.read_csv(tmp_path / "da" / "bench_da.csv")
     assert sorted(runs["method"]) == ["dann", "mmd", "oracle", "source_only"]
     assert "| pair | method |" in result.stdout
+    # Every method runs the same optimiser recipe (default adam), over the DANN experiment's SGD.
+    for method in ("dann", "oracle"):
+        train = OmegaConf.load(tmp_path / "da" / "cvdigits-cvdigits_m" / f"{method}-s0" / ".hydra" / "config.yaml").train
+        assert (train.optimizer, train.lr, train.scheduler) == ("adam", 1e-3, "none")
 
 
 def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
