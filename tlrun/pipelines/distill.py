@@ -201,20 +201,21 @@ def predict_logits(model: nn.Module, loader: DataLoader, placement: Placement) -
 
 
 def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path, data_name: str,
-                      train: ImageSet) -> tuple[torch.Tensor, str]:
-    """The teacher's logits for every image of ``train`` (cached; never stale: the key covers the
-    teacher weights, the images and the teacher's preprocessing)."""
-    key = digest({"teacher": file_digest(teacher_file), "data": data_name, "images": images_digest(train),
+                      images: ImageSet, what: str = "train") -> tuple[torch.Tensor, str]:
+    """The teacher's logits for every image of ``images`` (``what`` names the set in the log: train,
+    transfer, test), cached; never stale: the key covers the teacher weights, the images and the teacher's
+    preprocessing."""
+    key = digest({"teacher": file_digest(teacher_file), "data": data_name, "images": images_digest(images),
                    "geometry": teacher.geometry.__dict__})
     path = cache_root(ctx.cfg) / "teacher_logits" / f"{key}.pt"
     with locked(path.with_suffix(".lock")):
         if path.is_file():
             cached = torch.load(path, weights_only=True)
-            if cached.shape[0] == len(train):
-                log.info("Teacher logits: cache hit (%s)", path.name)
+            if cached.shape[0] == len(images):
+                log.info("Teacher logits (%s): cache hit (%s)", what, path.name)
                 return cached, "hit"
-        log.info("Teacher logits: computing %d once (cache %s)", len(train), path.name)
-        dataset = ImageDataset(train, build_transform(teacher.geometry, None, train=False))
+        log.info("Teacher logits (%s): computing %d once (cache %s)", what, len(images), path.name)
+        dataset = ImageDataset(images, build_transform(teacher.geometry, None, train=False))
         # A DataLoader iterator draws its base seed from the global RNG: without the fork, a cache miss
         # would shift the student's dropout/augmentation stream and a run would depend on the cache state.
         with torch.random.fork_rng(devices=[]):
@@ -314,7 +315,8 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
         logits, logits_cache = teacher_logits_of(ctx, teacher, teacher_file, data.name, data.splits["train"])
         source = CachedTeacher(logits, ctx.placement)
         if transfer is not None:
-            transfer_logits, transfer_cache = teacher_logits_of(ctx, teacher, teacher_file, data.name, transfer)
+            transfer_logits, transfer_cache = teacher_logits_of(ctx, teacher, teacher_file, data.name, transfer,
+                                                                "transfer")
             transfer_source = CachedTeacher(transfer_logits, ctx.placement)
             logits_cache = logits_cache if logits_cache == transfer_cache else "partial hit"
     loaders = make_loaders(ctx, data, prepared.geometry)
@@ -350,10 +352,9 @@ def run_kd(ctx: RunContext) -> dict:
     student = fit_kd_student(ctx, data, teacher, teacher_file, prepared)
     fit = student.fit
     test = student.engine.evaluate(student.loaders.test)
-    teacher_test = ImageDataset(data.splits["test"], build_transform(teacher.geometry, None, train=False))
-    teacher_predictions = predict_logits(teacher.model, make_loader(teacher_test, cfg.train.eval_batch_size, False, 0),
-                                         Placement(ctx.device)).argmax(1).numpy()
-    teacher_acc = float((teacher_predictions == data.splits["test"].labels).mean())
+    # Cached like the train logits: the jobs of a T×alpha sweep share one teacher pass over the test set too.
+    teacher_test_logits, _ = teacher_logits_of(ctx, teacher, teacher_file, data.name, data.splits["test"], "test")
+    teacher_acc = float((teacher_test_logits.argmax(1).numpy() == data.splits["test"].labels).mean())
     save_model_file(ctx, prepared, data)
 
     metrics = base_metrics(ctx, "kd", prepared, data, fit, test)
