@@ -56,8 +56,8 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
             data.insert(0, "experiment=dann_digits")
         if method == "dann_lambda0":
             data.append("adaptation.weight=0")
-    return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}", f"seed={seed}",
-            f"hydra.run.dir={run_dir}", *extra]
+    return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
+            f"seed={seed}", f"hydra.run.dir={run_dir}", *extra]
 
 
 def finished_metrics(run_dir: Path) -> dict | None:

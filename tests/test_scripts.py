@@ -48,7 +48,8 @@ def test_bench_da_script(tmp_path: Path):
     assert "| pair | method |" in result.stdout
     # Every method runs the same optimiser recipe (default adam), over the DANN experiment's SGD.
     for method in ("dann", "oracle"):
-        train = OmegaConf.load(tmp_path / "da" / "cvdigits-cvdigits_m" / f"{method}-s0" / ".hydra" / "config.yaml").train
+        run_dir = tmp_path / "da" / "cvdigits-cvdigits_m" / f"{method}-s0"
+        train = OmegaConf.load(run_dir / ".hydra" / "config.yaml").train
         assert (train.optimizer, train.lr, train.scheduler) == ("adam", 1e-3, "none")
 
 
