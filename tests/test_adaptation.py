@@ -158,3 +158,19 @@ def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
     assert cfg.adaptation.feature_layer == "pool"  # the conv feature extractor's output
     assert (cfg.adaptation.discriminator_width, cfg.adaptation.discriminator_depth) == (100, 1)
     assert cfg.adaptation.discriminator_dropout == 0.0 and cfg.adaptation.discriminator_batch_norm is False
+    # Our one change to the paper's classifier: leaky units, which the features cannot switch off.
+    assert cfg.adaptation.discriminator_activation == "leaky_relu"
+
+
+def test_a_collapsed_relu_discriminator_is_reported(caplog):
+    import pandas as pd
+
+    from tlrun.pipelines.adaptation import warn_if_discriminator_collapsed
+
+    with caplog.at_level("WARNING"):
+        warn_if_discriminator_collapsed(pd.DataFrame({"discriminator_active": [0.9, 0.5]}))
+        assert not caplog.records
+        warn_if_discriminator_collapsed(pd.DataFrame({"discriminator_active": [0.9, 0.03]}))
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "3% of its hidden units" in message and "discriminator_activation=leaky_relu" in message

@@ -85,8 +85,34 @@ def test_discriminator_architecture_is_configurable():
     assert disc(torch.randn(4, 16)).shape == (4,)
     default = DomainDiscriminator(32)
     assert [m.out_features for m in default.modules() if isinstance(m, torch.nn.Linear)] == [1024, 1024, 1]
-    paper = DomainDiscriminator(16, hidden=100, depth=1, dropout=0.0, batch_norm=False)
+    paper = DomainDiscriminator(16, hidden=100, depth=1, dropout=0.0, batch_norm=False, activation="relu")
     assert [type(m) for m in paper.net] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    leaky = [m for m in DomainDiscriminator(16, hidden=4, depth=2).modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(leaky) == 2 and all(m.negative_slope == 0.2 for m in leaky)
+    with pytest.raises(ValueError, match="activation"):
+        DomainDiscriminator(16, activation="tanh")
+
+
+@pytest.mark.parametrize("activation, passes_gradient", [("relu", False), ("leaky_relu", True)])
+def test_a_silenced_discriminator_passes_gradient_only_when_leaky(activation, passes_gradient):
+    """Every hidden pre-activation negative (what the reversed gradient can drive a plain ReLU discriminator to):
+    the ReLU one outputs a constant and gives the features no gradient; the leaky one still does."""
+    loss_fn = DomainAdversarialLoss(6, hidden=5, depth=1, dropout=0.0, batch_norm=False, activation=activation,
+                                    schedule="constant")
+    first = loss_fn.discriminator.net[0]
+    with torch.no_grad():
+        first.weight.copy_(torch.rand(5, 6))
+        first.bias.fill_(-100.0)
+    source = torch.rand(4, 6, requires_grad=True)
+    target = torch.rand(3, 6, requires_grad=True)
+    loss, stats = loss_fn(source, target)
+    loss.backward()
+    assert stats["discriminator_active"] == 0.0
+    assert (source.grad.abs().sum().item() > 0) is passes_gradient
+    with torch.no_grad():
+        first.bias.zero_()  # now every unit fires on these positive inputs
+    _, stats = loss_fn(source, target)
+    assert stats["discriminator_active"] == 1.0
 
 
 class _RecordBCE(TorchFunctionMode):
@@ -123,7 +149,7 @@ def test_domain_loss_with_unequal_batches_matches_direct_bce():
     torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logits, labels))
     expected_acc = ((logits > 0).float() == labels).float().mean().item()
     assert stats["domain_acc"] == pytest.approx(expected_acc)
-    assert set(stats) == {"domain_acc", "lambda"} and stats["lambda"] == 0.0
+    assert set(stats) == {"domain_acc", "lambda", "discriminator_active"} and stats["lambda"] == 0.0
 
 
 @pytest.mark.parametrize("progress", [0.1, 0.5, 1.0])

@@ -19,6 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 SCHEDULES = ("dann", "constant")
+ACTIVATIONS = ("leaky_relu", "relu")
+# DCGAN's slope (Radford et al. 2016). A leaky unit still passes gradient when its input is negative, so the
+# features cannot silence the discriminator by pushing every hidden pre-activation below zero.
+LEAKY_SLOPE = 0.2
 
 
 class GradientReversal(torch.autograd.Function):
@@ -89,33 +93,48 @@ class GradientReversalLayer(nn.Module):
 class DomainDiscriminator(nn.Module):
     """Domain classifier G_d on pooled backbone features: one logit, > 0 means "source".
 
-    ``depth`` hidden blocks of Linear -> BatchNorm1d -> ReLU -> Dropout, then Linear(hidden, 1).
+    ``depth`` hidden blocks of Linear -> BatchNorm1d -> activation -> Dropout, then Linear(hidden, 1).
     The default width/depth follow the domain classifier of Ganin et al. 2016 (Sec. 5.2.2:
-    x -> 1024 -> 1024 -> domain), with a single logit for BCE; BatchNorm is an addition for stability
-    (``batch_norm=False`` and ``dropout=0`` give the paper's plain Linear -> ReLU blocks).
+    x -> 1024 -> 1024 -> domain), with a single logit for BCE. Two additions, both switchable:
+    BatchNorm for stability, and LeakyReLU instead of ReLU. Against the reversed gradient the features can
+    drive every hidden ReLU of a plain discriminator negative; it then outputs a constant (domain accuracy
+    exactly 0.5, loss ln 2), which looks like the game's equilibrium but passes no gradient to the features
+    ever again. ``active_fraction`` after a forward tells how many first-layer units fired on the batch.
+    ``batch_norm=False, dropout=0, activation="relu"`` give the paper's plain Linear -> ReLU blocks.
     """
 
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
-                 batch_norm: bool = True) -> None:
+                 batch_norm: bool = True, activation: str = "leaky_relu") -> None:
         super().__init__()
         if in_features < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"in_features, hidden and depth must be >= 1, got {in_features}, {hidden}, {depth}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(depth):
             layers.append(nn.Linear(width, hidden))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE) if activation == "leaky_relu" else nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.active_fraction = float("nan")
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, in_features) -> (N,) domain logits."""
-        return self.net(features).squeeze(1)
+        x = features
+        first_activation = True
+        for layer in self.net:
+            x = layer(x)
+            if first_activation and isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
+                first_activation = False
+                with torch.no_grad():  # a unit is active if it fires (> 0) on at least one sample
+                    self.active_fraction = (x > 0).any(dim=0).float().mean().item()
+        return x.squeeze(1)
 
 
 class DomainAdversarialLoss(nn.Module):
@@ -128,11 +147,11 @@ class DomainAdversarialLoss(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
                  max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann",
-                 batch_norm: bool = True) -> None:
+                 batch_norm: bool = True, activation: str = "leaky_relu") -> None:
         super().__init__()
         self.grl = GradientReversalLayer(max_weight=max_weight, gamma=gamma, schedule=schedule)
         self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout,
-                                                 batch_norm=batch_norm)
+                                                 batch_norm=batch_norm, activation=activation)
 
     def set_progress(self, progress: float) -> None:
         """Forward training progress p in [0, 1] to the GRL's lambda schedule."""
@@ -144,7 +163,7 @@ class DomainAdversarialLoss(nn.Module):
 
     def forward(self, source_features: torch.Tensor,
                 target_features: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean BCE domain loss over the joint batch and ``{"domain_acc", "lambda"}``.
+        """Mean BCE domain loss over the joint batch and ``{"domain_acc", "lambda", "discriminator_active"}``.
 
         Source and target batches may have different sizes; each sample counts once in the mean.
         """
@@ -160,4 +179,5 @@ class DomainAdversarialLoss(nn.Module):
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         with torch.no_grad():
             accuracy = ((logits > 0).to(labels.dtype) == labels).float().mean().item()
-        return loss, {"domain_acc": accuracy, "lambda": self.grl.lambda_}
+        return loss, {"domain_acc": accuracy, "lambda": self.grl.lambda_,
+                      "discriminator_active": self.discriminator.active_fraction}

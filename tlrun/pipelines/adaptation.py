@@ -98,6 +98,7 @@ def build_alignment(cfg, feature_dim: int) -> tuple[Optional[Alignment], Optiona
         # The gradient reversal layer owns the lambda schedule; the loss is added unweighted.
         adversarial = DomainAdversarialLoss(feature_dim, hidden=cfg.discriminator_width, depth=cfg.discriminator_depth,
                                             dropout=cfg.discriminator_dropout, batch_norm=cfg.discriminator_batch_norm,
+                                            activation=cfg.discriminator_activation,
                                             max_weight=cfg.weight, gamma=cfg.gamma, schedule=cfg.schedule)
 
         def dann(source: torch.Tensor, target: torch.Tensor, progress: float):
@@ -141,6 +142,23 @@ def extract_features(model: nn.Module, tap: FeatureTap, loader: DataLoader, plac
         if seen >= limit:
             break
     return torch.cat(chunks)[:limit].numpy()
+
+
+# Below this fraction of first-layer units firing, the discriminator is (nearly) a constant function.
+COLLAPSED_DISCRIMINATOR = 0.1
+
+
+def warn_if_discriminator_collapsed(history) -> None:
+    """One warning when a ReLU discriminator went silent in the last epoch (see DomainDiscriminator); leaky
+    units keep a gradient when they do not fire, so the check is for ``discriminator_activation=relu``."""
+    if "discriminator_active" not in history or history.empty:
+        return
+    active = float(history["discriminator_active"].iloc[-1])
+    if active < COLLAPSED_DISCRIMINATOR:
+        log.warning("The domain discriminator collapsed: %.0f%% of its hidden units fire in the last epoch, so it "
+                    "outputs a near-constant and passes almost no gradient to the features (domain_acc near 0.5 here "
+                    "is not an equilibrium). Use adaptation.discriminator_activation=leaky_relu or "
+                    "adaptation.discriminator_batch_norm=true.", 100 * active)
 
 
 def domain_gap(source: np.ndarray, target: np.ndarray, seed: int) -> dict[str, float]:
@@ -194,6 +212,8 @@ def run_adaptation(ctx: RunContext) -> dict:
 
     engine.epoch_metrics = target_columns
     fit = engine.fit()
+    if cfg.adaptation.method == "dann" and cfg.adaptation.discriminator_activation == "relu":
+        warn_if_discriminator_collapsed(fit.history)
     engine.load_best()
     test = engine.evaluate(loaders.test)
     target_result = engine.evaluate(target_test)
