@@ -89,7 +89,9 @@ def run_one(job: dict) -> dict:
                mmd_before=metrics.get("domain_gap_before", {}).get("mmd", float("nan")),
                mmd_after=metrics.get("domain_gap_after", {}).get("mmd", float("nan")),
                a_dist_before=metrics.get("domain_gap_before", {}).get("a_distance", float("nan")),
-               a_dist_after=metrics.get("domain_gap_after", {}).get("a_distance", float("nan")))
+               a_dist_after=metrics.get("domain_gap_after", {}).get("a_distance", float("nan")),
+               domain_acc_last=metrics.get("domain_acc_last", float("nan")),
+               disc_active_last=metrics.get("discriminator_active_last", float("nan")))
     return row
 
 
@@ -113,7 +115,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                          "mmd before→after": f"{gaps['mmd_before'].mean():.3f}→{gaps['mmd_after'].mean():.3f}"
                          if method != "oracle" else "",
                          "A-dist before→after": f"{gaps['a_dist_before'].mean():.2f}→{gaps['a_dist_after'].mean():.2f}"
-                         if method != "oracle" else ""})
+                         if method != "oracle" else "",
+                         # DANN's game in its last epoch (training batches): domain accuracy, discriminator
+                         # units firing. 0.50 / ~0 is a collapsed discriminator, not an equilibrium.
+                         "disc. acc / active": f"{gaps['domain_acc_last'].mean():.2f} / {gaps['disc_active_last'].mean():.2f}"
+                         if method.startswith("dann") and gaps["disc_active_last"].notna().all() else ""})
     return pd.DataFrame(rows)
 
 

@@ -70,6 +70,12 @@ def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: st
     assert metrics["target_acc_last"] == pytest.approx(history["target_acc"].iloc[-1])
     for stage in ("domain_gap_before", "domain_gap_after"):
         assert set(metrics[stage]) == {"mmd", "a_distance"}
+    if method == "dann":  # the game's last state, the same figures as the history's last row
+        assert 0.0 <= history["discriminator_active"].min() <= history["discriminator_active"].max() <= 1.0
+        assert metrics["domain_acc_last"] == pytest.approx(history["domain_acc"].iloc[-1])
+        assert metrics["discriminator_active_last"] == pytest.approx(history["discriminator_active"].iloc[-1])
+    else:
+        assert "discriminator_active_last" not in metrics
     assert (run_dir / "features.png").is_file()
 
 
@@ -158,8 +164,7 @@ def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
     assert cfg.adaptation.feature_layer == "pool"  # the conv feature extractor's output
     assert (cfg.adaptation.discriminator_width, cfg.adaptation.discriminator_depth) == (100, 1)
     assert cfg.adaptation.discriminator_dropout == 0.0 and cfg.adaptation.discriminator_batch_norm is False
-    # Our one change to the paper's classifier: leaky units, which the features cannot switch off.
-    assert cfg.adaptation.discriminator_activation == "leaky_relu"
+    assert cfg.adaptation.discriminator_activation == "relu"
 
 
 def test_a_collapsed_relu_discriminator_is_reported(caplog):

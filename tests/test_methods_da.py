@@ -85,9 +85,10 @@ def test_discriminator_architecture_is_configurable():
     assert disc(torch.randn(4, 16)).shape == (4,)
     default = DomainDiscriminator(32)
     assert [m.out_features for m in default.modules() if isinstance(m, torch.nn.Linear)] == [1024, 1024, 1]
-    paper = DomainDiscriminator(16, hidden=100, depth=1, dropout=0.0, batch_norm=False, activation="relu")
+    paper = DomainDiscriminator(16, hidden=100, depth=1, dropout=0.0, batch_norm=False)
     assert [type(m) for m in paper.net] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
-    leaky = [m for m in DomainDiscriminator(16, hidden=4, depth=2).modules() if isinstance(m, torch.nn.LeakyReLU)]
+    leaky = [m for m in DomainDiscriminator(16, hidden=4, depth=2, activation="leaky_relu").modules()
+             if isinstance(m, torch.nn.LeakyReLU)]
     assert len(leaky) == 2 and all(m.negative_slope == 0.2 for m in leaky)
     with pytest.raises(ValueError, match="activation"):
         DomainDiscriminator(16, activation="tanh")

@@ -46,6 +46,9 @@ def test_bench_da_script(tmp_path: Path):
     runs = pd.read_csv(tmp_path / "da" / "bench_da.csv")
     assert sorted(runs["method"]) == ["dann", "mmd", "oracle", "source_only"]
     assert "| pair | method |" in result.stdout
+    dann = runs[runs["method"] == "dann"].iloc[0]
+    assert 0.0 <= dann["domain_acc_last"] <= 1.0 and 0.0 <= dann["disc_active_last"] <= 1.0
+    assert runs[runs["method"] != "dann"]["disc_active_last"].isna().all()
     # Every method runs the same optimiser recipe (default adam), over the DANN experiment's SGD.
     for method in ("dann", "oracle"):
         run_dir = tmp_path / "da" / "cvdigits-cvdigits_m" / f"{method}-s0"

@@ -81,9 +81,10 @@ class AdaptationConfig:
     discriminator_dropout: float = bounded(0.5, low=0.0, high=0.9)
     # BatchNorm1d in the discriminator's hidden blocks (the DANN paper's domain classifier has none).
     discriminator_batch_norm: bool = True
-    # Hidden activation of the discriminator. leaky_relu cannot die: with plain ReLU (and no BatchNorm) the
-    # features can switch every hidden unit off, leaving a constant discriminator and no adversarial gradient.
-    discriminator_activation: str = choice("leaky_relu", ("leaky_relu", "relu"))
+    # Hidden activation of the discriminator: relu (the paper's, TLlib's) or leaky_relu. Without BatchNorm the
+    # features can switch ReLU units off (ft_history's discriminator_active; a collapse is warned about);
+    # leaky units cannot die.
+    discriminator_activation: str = choice("relu", ("relu", "leaky_relu"))
     # Learning rate of the discriminator = train.lr x this (its own parameter group, same schedule).
     discriminator_lr_mult: float = bounded(1.0, low=0.0, low_open=True)
     # Gaussian bandwidths = multiplier x mean pairwise squared distance of the batch (DAN: 5 kernels).

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SCHEDULES = ("dann", "constant")
-ACTIVATIONS = ("leaky_relu", "relu")
+ACTIVATIONS = ("relu", "leaky_relu")
 # DCGAN's slope (Radford et al. 2016). A leaky unit still passes gradient when its input is negative, so the
 # features cannot silence the discriminator by pushing every hidden pre-activation below zero.
 LEAKY_SLOPE = 0.2
@@ -95,16 +95,17 @@ class DomainDiscriminator(nn.Module):
 
     ``depth`` hidden blocks of Linear -> BatchNorm1d -> activation -> Dropout, then Linear(hidden, 1).
     The default width/depth follow the domain classifier of Ganin et al. 2016 (Sec. 5.2.2:
-    x -> 1024 -> 1024 -> domain), with a single logit for BCE. Two additions, both switchable:
-    BatchNorm for stability, and LeakyReLU instead of ReLU. Against the reversed gradient the features can
-    drive every hidden ReLU of a plain discriminator negative; it then outputs a constant (domain accuracy
-    exactly 0.5, loss ln 2), which looks like the game's equilibrium but passes no gradient to the features
-    ever again. ``active_fraction`` after a forward tells how many first-layer units fired on the batch.
-    ``batch_norm=False, dropout=0, activation="relu"`` give the paper's plain Linear -> ReLU blocks.
+    x -> 1024 -> 1024 -> domain), with a single logit for BCE, and BatchNorm added for stability.
+    Against the reversed gradient the features can drive the hidden ReLUs of a plain (BatchNorm-free)
+    discriminator negative one by one; with all of them off it outputs a constant (domain accuracy exactly
+    0.5, loss ln 2), which looks like the game's equilibrium but passes no gradient to the features.
+    ``active_fraction`` after a forward tells how many first-layer units fired on the batch;
+    ``activation="leaky_relu"`` (slope 0.2) gives units that cannot die.
+    ``batch_norm=False, dropout=0`` give the paper's plain Linear -> ReLU blocks.
     """
 
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
-                 batch_norm: bool = True, activation: str = "leaky_relu") -> None:
+                 batch_norm: bool = True, activation: str = "relu") -> None:
         super().__init__()
         if in_features < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"in_features, hidden and depth must be >= 1, got {in_features}, {hidden}, {depth}")
@@ -147,7 +148,7 @@ class DomainAdversarialLoss(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
                  max_weight: float = 1.0, gamma: float = 10.0, schedule: str = "dann",
-                 batch_norm: bool = True, activation: str = "leaky_relu") -> None:
+                 batch_norm: bool = True, activation: str = "relu") -> None:
         super().__init__()
         self.grl = GradientReversalLayer(max_weight=max_weight, gamma=gamma, schedule=schedule)
         self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout,

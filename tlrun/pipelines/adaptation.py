@@ -240,5 +240,8 @@ def run_adaptation(ctx: RunContext) -> dict:
         "domain_gap_before": gap_before,
         "domain_gap_after": gap_after,
     })
+    if cfg.adaptation.method == "dann":  # the state of the adversarial game at the end (label-free)
+        metrics.update({"domain_acc_last": float(fit.history["domain_acc"].iloc[-1]),
+                        "discriminator_active_last": float(fit.history["discriminator_active"].iloc[-1])})
     write_run_artifacts(ctx, source, fit, test, metrics)
     return metrics
