@@ -98,6 +98,17 @@ def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path):
     assert run_dirs(elsewhere) == []
 
 
+@pytest.mark.parametrize("method", ["kd", "meta"])
+def test_a_missing_teacher_is_refused_before_any_data_is_loaded(tmp_path: Path, method: str):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    for teacher in (tmp_path / "nope", empty):
+        result = run_tlrun([f"distill={method}", "model=lenet", f"distill.teacher={teacher}", *TINY], tmp_path)
+        assert_one_line_error(result, f"distill.teacher={teacher}: no ft_model.pt")
+        assert "Data " not in result.stderr + result.stdout  # refused at config validation
+        assert run_dirs(tmp_path) == []
+
+
 def test_teacher_logits_cache_is_invalidated_when_teacher_weights_change(tmp_path: Path):
     teacher_a = train_tiny_teacher(tmp_path, "teacher_a")
     # Same architecture, classes and preprocessing; only the weights differ.

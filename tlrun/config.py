@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -438,3 +439,13 @@ def validate_combinations(cfg: DictConfig) -> None:
                                                   or cfg.data.target is not None):
         raise ConfigError("train.progressive_resizing works with fine-tuning only; drop it or set "
                           "adaptation=none, distill=none and no data.target")
+    if cfg.distill.method != "none" and cfg.distill.teacher:
+        check_teacher_path(str(cfg.distill.teacher))
+
+
+def check_teacher_path(teacher: str) -> None:
+    """Fail before any data is loaded when distill.teacher names no model file (same words as the loader)."""
+    path = Path(teacher).expanduser()
+    if not (path.is_file() or (path / "ft_model.pt").is_file()):
+        raise ConfigError(f"distill.teacher={teacher}: no ft_model.pt at {path}; "
+                          "give a finished run folder or its ft_model.pt")
