@@ -8,7 +8,7 @@ selected by source validation accuracy.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
                                     make_optimizer, prepare_model, save_model_file, write_run_artifacts)
 from tlrun.report import plot_domain_features
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,7 @@ def extract_features(model: nn.Module, tap: FeatureTap, loader: DataLoader, plac
 COLLAPSED_DISCRIMINATOR = 0.1
 
 
-def warn_if_discriminator_collapsed(history) -> None:
+def warn_if_discriminator_collapsed(history: pd.DataFrame) -> None:
     """One warning when a ReLU discriminator went silent in the last epoch (see DomainDiscriminator); leaky
     units keep a gradient when they do not fire, so the check is for ``discriminator_activation=relu``."""
     if "discriminator_active" not in history or history.empty:
