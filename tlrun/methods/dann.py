@@ -124,18 +124,16 @@ class DomainDiscriminator(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         self.active_fraction = float("nan")
+        first_activation = next(m for m in layers if isinstance(m, (nn.ReLU, nn.LeakyReLU)))
+        first_activation.register_forward_hook(self._record_active_fraction)
+
+    def _record_active_fraction(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        with torch.no_grad():  # a unit is active if it fires (> 0) on at least one sample of the batch
+            self.active_fraction = (output > 0).any(dim=0).float().mean().item()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, in_features) -> (N,) domain logits."""
-        x = features
-        first_activation = True
-        for layer in self.net:
-            x = layer(x)
-            if first_activation and isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
-                first_activation = False
-                with torch.no_grad():  # a unit is active if it fires (> 0) on at least one sample
-                    self.active_fraction = (x > 0).any(dim=0).float().mean().item()
-        return x.squeeze(1)
+        return self.net(features).squeeze(1)
 
 
 class DomainAdversarialLoss(nn.Module):

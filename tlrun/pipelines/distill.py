@@ -201,8 +201,8 @@ def predict_logits(model: nn.Module, loader: DataLoader, placement: Placement) -
 
 
 def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path, data_name: str,
-                      images: ImageSet, what: str = "train") -> tuple[torch.Tensor, str]:
-    """The teacher's logits for every image of ``images`` (``what`` names the set in the log: train,
+                      images: ImageSet, set_name: str = "train") -> tuple[torch.Tensor, str]:
+    """The teacher's logits for every image of ``images`` (``set_name`` names them in the log: train,
     transfer, test), cached; never stale: the key covers the teacher weights, the images and the teacher's
     preprocessing."""
     key = digest({"teacher": file_digest(teacher_file), "data": data_name, "images": images_digest(images),
@@ -212,9 +212,9 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
         if path.is_file():
             cached = torch.load(path, weights_only=True)
             if cached.shape[0] == len(images):
-                log.info("Teacher logits (%s): cache hit (%s)", what, path.name)
+                log.info("Teacher logits (%s): cache hit (%s)", set_name, path.name)
                 return cached, "hit"
-        log.info("Teacher logits (%s): computing %d once (cache %s)", what, len(images), path.name)
+        log.info("Teacher logits (%s): computing %d once (cache %s)", set_name, len(images), path.name)
         dataset = ImageDataset(images, build_transform(teacher.geometry, None, train=False))
         # A DataLoader iterator draws its base seed from the global RNG: without the fork, a cache miss
         # would shift the student's dropout/augmentation stream and a run would depend on the cache state.
