@@ -32,9 +32,43 @@ def choice(default: Any, choices: tuple, help: str = "") -> Any:
 
 def bounded(default: Any, low: Optional[float] = None, high: Optional[float] = None,
             low_open: bool = False, help: str = "") -> Any:
-    """A numeric field with an allowed range (checked by ``validate_config``)."""
+    """A numeric field with an allowed range (checked by ``validate_config``). Every int/float key of
+    the schema is declared with ``bounded`` (a test enforces it), so a new key gets its range checked."""
     return field(default=default, metadata={"low": low, "high": high, "low_open": low_open,
                                             "help": help})
+
+
+def unbounded(default: Any, help: str = "") -> Any:
+    """A numeric field that may take any value (declared explicitly, so none is unbounded by omission)."""
+    return field(default=default, metadata={"low": None, "high": None, "low_open": False, "help": help})
+
+
+def path_field(default: Optional[str] = None, help: str = "") -> Any:
+    """A file or folder key: ``~`` is expanded when the config is validated (``expand_paths``)."""
+    return field(default=default, metadata={"path": True, "help": help})
+
+
+def check_range(key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                low_open: bool = False) -> None:
+    """ConfigError naming ``key`` when the number ``value`` lies outside [low, high] (or (low, high]).
+    Shared by the schema and the companion commands' arguments (--threads, --batch-size...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"invalid value for {key}: {value}; it must be {'>' if low_open else '>='} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"invalid value for {key}: {value}; it must be <= {high}")
+
+
+def _check_channel_stats(values: Optional[list], positive: bool) -> Optional[str]:
+    """data.mean / data.std: one value (all channels) or three (R, G, B); std must be > 0."""
+    if values is None:
+        return None
+    if len(values) not in (1, 3):
+        return f"give 1 value (every channel) or 3 (R, G, B), not {len(values)}"
+    if positive and any(v <= 0 for v in values):
+        return "every std must be > 0 (it divides the pixels)"
+    return None
 
 
 def _check_split(split: list) -> Optional[str]:
@@ -48,7 +82,7 @@ class ModelConfig:
     name: str = "mobilenet_v2"
     # "DEFAULT", an enum member name such as "IMAGENET1K_V1", or null for random init.
     weights: Optional[str] = "DEFAULT"
-    weights_path: Optional[str] = None
+    weights_path: Optional[str] = path_field()
 
 
 @dataclass
@@ -101,7 +135,7 @@ class DistillConfig:
 
     method: str = choice("none", ("none", "kd", "meta"))
     # A finished run folder or its ft_model.pt; null = fine-tune teacher_model first (cached stage).
-    teacher: Optional[str] = None
+    teacher: Optional[str] = path_field()
     teacher_model: str = "mobilenet_v2"
     teacher_freeze: str = choice("none", ("none", "all", "partial", "early", "discriminative"))
     teacher_epochs: int = bounded(4, low=1)
@@ -160,21 +194,22 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     name: str = "digits"
-    root: Optional[str] = None
+    root: Optional[str] = path_field()
     # Fractions for train/val/test when the source has no fixed split (stratified, seeded).
     split: List[float] = field(default_factory=lambda: [0.7, 0.15, 0.15],
                                metadata={"validator": lambda v: _check_split(v)})
     # Input size fed to the model; null follows the weights' own transforms (e.g. 224).
-    image_size: Optional[int] = None
-    resize_size: Optional[int] = None
-    mean: Optional[List[float]] = None
-    std: Optional[List[float]] = None
+    image_size: Optional[int] = bounded(None, low=8)
+    resize_size: Optional[int] = bounded(None, low=8)
+    # One value for every channel, or three (R, G, B); null = the weights' own.
+    mean: Optional[List[float]] = field(default=None, metadata={"validator": lambda v: _check_channel_stats(v, False)})
+    std: Optional[List[float]] = field(default=None, metadata={"validator": lambda v: _check_channel_stats(v, True)})
     # Keep only these classes (names as the data calls them, e.g. [0, 1, 2] for digits); null = all.
     classes: Optional[List[str]] = None
     # Cap on training images per class (quick experiments, few-shot, tests); null = all.
-    max_per_class: Optional[int] = None
+    max_per_class: Optional[int] = bounded(None, low=1)
     bad_images: str = choice("error", ("error", "skip"))
-    cache_dir: Optional[str] = None  # built datasets are cached here; null = ~/.cache/tlrun
+    cache_dir: Optional[str] = path_field()  # built datasets are cached here; null = ~/.cache/tlrun
     # Image files (data=imagefolder...) whose decoded split fits in this many MB are decoded and resized
     # once into a uint8 tensor store (augmentation then runs on those tensors); larger splits, or 0,
     # stream from the files, decoded every epoch (in device.num_workers worker processes).
@@ -182,7 +217,7 @@ class DataConfig:
     # Domain adaptation: the unlabelled target domain (a dataset name, or a folder for imagefolder).
     # Setting it without adaptation= gives the source-only baseline with target evaluation.
     target: Optional[str] = None
-    target_root: Optional[str] = None
+    target_root: Optional[str] = path_field()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -190,7 +225,7 @@ class DataConfig:
 class DeviceConfig:
     type: str = choice("auto", ("auto", "cpu", "cuda", "mps"))
     num_workers: int = bounded(0, low=0)
-    threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch's default
+    threads: Optional[int] = bounded(None, low=1)  # torch intra-op threads on CPU; null = torch's default
     # NHWC memory layout: measured ~2x faster MobileNetV2 training on a 2-core CPU (oneDNN).
     channels_last: bool = True
     # Mixed precision: bf16 autocast (CPU and recent GPUs), fp16 autocast + GradScaler (CUDA).
@@ -205,7 +240,7 @@ class DeviceConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: Optional[int] = None  # epochs without val improvement; null = off
+    patience: Optional[int] = bounded(None, low=1)  # epochs without val improvement; null = off
     min_delta: float = bounded(0.0, low=0.0)
 
 
@@ -234,9 +269,9 @@ def _check_phases(phases: Any) -> Optional[str]:
 class ResizePhase:
     """One phase of progressive resizing: train ``epochs`` at ``image_size`` with peak ``lr``."""
 
-    image_size: int = 64
-    epochs: int = 1
-    lr: Optional[float] = None  # null = train.lr
+    image_size: int = bounded(64, low=8)
+    epochs: int = bounded(1, low=1)
+    lr: Optional[float] = bounded(None, low=0.0, low_open=True)  # null = train.lr
 
 
 @dataclass
@@ -254,7 +289,8 @@ class TrainConfig:
     step_size: int = bounded(10, low=1)  # scheduler=step: epochs between decays
     gamma: float = bounded(0.1, low=0.0, low_open=True)  # scheduler=step: decay factor
     label_smoothing: float = bounded(0.0, low=0.0, high=1.0)
-    grad_clip: Optional[float] = None
+    # Clip the gradients' global norm to this value; null = no clipping.
+    grad_clip: Optional[float] = bounded(None, low=0.0, low_open=True)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: str = choice("auto", ("auto", "rich", "plain", "none"))
     # Frozen backbones: run the frozen part once and train the rest on its cached outputs (finetune).
@@ -264,7 +300,7 @@ class TrainConfig:
     cache_features_memory_mb: int = bounded(2048, low=0)
     # Continue an interrupted run: its folder (or a checkpoint in it), or auto = the newest unfinished
     # run under outputs/ launched with the same overrides. The run goes on in that folder.
-    resume: Optional[str] = None
+    resume: Optional[str] = path_field()
     # Progressive resizing (fine-tuning): phases of {image_size, epochs, lr} replace train.epochs and the
     # input size; one optimizer carries its state across phases, each phase has its own lr schedule.
     progressive_resizing: Optional[List[ResizePhase]] = field(default=None, metadata={"validator": _check_phases})
@@ -279,7 +315,8 @@ class TlrunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    # Seeds the splits, initialisation and data order (numpy and scikit-learn need 0 <= seed < 2**32).
+    seed: int = bounded(0, low=0, high=2**32 - 1)
     # The metrics.json key a run returns to a Hydra sweeper that optimises (hparams_search=...).
     optimized_metric: Optional[str] = None
 
@@ -377,14 +414,7 @@ def check_value(key: str, f: dataclasses.Field, value: Any) -> None:
                           f"{', '.join(map(str, meta['choices']))}")
     if "validator" in meta and (problem := meta["validator"](value)):
         raise ConfigError(f"invalid value for {key}: {value}; {problem}")
-    low, high = meta.get("low"), meta.get("high")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if low is not None and (value < low or (meta.get("low_open") and value == low)):
-        op = ">" if meta.get("low_open") else ">="
-        raise ConfigError(f"invalid value for {key}: {value}; it must be {op} {low}")
-    if high is not None and value > high:
-        raise ConfigError(f"invalid value for {key}: {value}; it must be <= {high}")
+    check_range(key, value, meta.get("low"), meta.get("high"), bool(meta.get("low_open")))
 
 
 def validate_config(cfg: DictConfig, schema: type = TlrunConfig, prefix: str = "") -> None:
@@ -409,6 +439,33 @@ def validate_config(cfg: DictConfig, schema: type = TlrunConfig, prefix: str = "
         check_value(full_key, known[str(key)], value)
     if not prefix:
         validate_combinations(cfg)
+
+
+def expand_paths(cfg: DictConfig, schema: type = TlrunConfig) -> None:
+    """Expand ``~`` in every path key of the schema (``path_field``), in place."""
+    import os
+
+    for f in dataclasses.fields(schema):
+        if f.name not in cfg:
+            continue
+        nested = _nested_schema(f)
+        if nested is not None:
+            if isinstance(cfg[f.name], DictConfig):
+                expand_paths(cfg[f.name], nested)
+        elif f.metadata.get("path") and isinstance(cfg[f.name], str) and cfg[f.name].startswith("~"):
+            cfg[f.name] = os.path.expanduser(cfg[f.name])
+
+
+def numeric_fields_without_range(schema: type = TlrunConfig, prefix: str = "") -> list[str]:
+    """Numeric keys declared without ``bounded``/``unbounded`` (the schema test keeps this empty)."""
+    missing = []
+    for f in dataclasses.fields(schema):
+        nested = _nested_schema(f)
+        if nested is not None:
+            missing += numeric_fields_without_range(nested, f"{prefix}{f.name}.")
+        elif _base_type(f)[0] in ("int", "float") and "low" not in f.metadata:
+            missing.append(f"{prefix}{f.name}")
+    return missing
 
 
 def random_augmentations(augment: DictConfig) -> list[str]:
