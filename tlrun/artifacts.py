@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from tlrun.data.pipeline import ImageGeometry
-from tlrun.errors import WeightsError
+from tlrun.checkpoint import load_file
+from tlrun.errors import CheckpointError, WeightsError
 from tlrun.models.factory import build_model
 from tlrun.pipelines.common import MODEL_FILE_FORMAT
 
@@ -31,9 +32,9 @@ def load_run_model(path: Union[str, Path], device: Union[str, torch.device] = "c
     if not file.is_file():
         raise WeightsError(f"no ft_model.pt at {path}; give a finished run folder or its ft_model.pt")
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise WeightsError(f"cannot read {file} ({type(exc).__name__}); the file is truncated or not a tlrun model") from exc
+        saved = load_file(file, "a tlrun model file")
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FILE_FORMAT:
         raise WeightsError(f"{file} is not a tlrun model file ({MODEL_FILE_FORMAT})")
     built = build_model(saved["model_name"], saved["num_classes"], weights=None)

@@ -1,7 +1,9 @@
 """Content-keyed caches under ``data.cache_dir``: the KD teacher stage and logits, frozen features.
 
 A key hashes everything the cached value depends on (weights, images, preprocessing), so a
-cache entry is never stale: change any input and the key, hence the file, changes.
+cache entry is never stale: change any input and the key, hence the file, changes. Each entry is
+*sealed* when written (the sha256 of its bytes beside it, ``<file>.sha256``) and checked when read,
+so a truncated, overwritten or planted entry is rebuilt instead of used.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -17,6 +21,11 @@ import torch
 from omegaconf import DictConfig
 
 from tlrun.data.sources import ImageSet, default_cache_dir
+from tlrun.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SEAL_SUFFIX = ".sha256"
 
 
 def digest(obj: Any) -> str:
@@ -24,12 +33,60 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def file_digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     sha = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             sha.update(chunk)
-    return sha.hexdigest()[:20]
+    return sha.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return file_sha256(path)[:20]
+
+
+def _seal_path(path: Path) -> Path:
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def seal(path: Path) -> None:
+    """Record the content hash of a cache entry just written (``is_intact`` checks it)."""
+    seal_file = _seal_path(Path(path))
+    tmp = seal_file.with_name(f".{seal_file.name}.tmp-{os.getpid()}")
+    tmp.write_text(file_sha256(path) + "\n")
+    os.replace(tmp, seal_file)
+
+
+def is_intact(path: Path, what: str = "cache entry") -> bool:
+    """True when ``path`` exists and its bytes match the hash sealed at write time. A corrupt or unsealed
+    entry is removed with a warning, so the caller rebuilds it."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    seal_file = _seal_path(path)
+    try:
+        recorded = seal_file.read_text().strip() if seal_file.is_file() else None
+        intact = recorded is not None and path.is_file() and file_sha256(path) == recorded
+    except OSError:
+        intact = False
+    if not intact:
+        why = "it has no checksum (written by an older tlrun, or interrupted)" if recorded is None else \
+            "its bytes do not match the checksum written with it"
+        log.warning("Ignoring %s %s: %s; rebuilding it", what, path, why)
+        remove_entry(path)
+    return intact
+
+
+def remove_entry(path: Path) -> None:
+    """Delete a cache entry and its seal (a folder entry with everything in it)."""
+    import shutil
+
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    _seal_path(path).unlink(missing_ok=True)
 
 
 def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -42,23 +99,29 @@ def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 def images_digest(images: ImageSet) -> str:
-    """Which images, with which labels, with which content: pixels by value, files by path, size
-    and modification time (an edited file changes the key without re-reading every file)."""
+    """Which images, with which labels, with which content: pixels by value, files by path, size,
+    inode and modification/change times. Any write, rename or swap of a file updates its change time
+    (ctime cannot be set back by the user), so an edit changes the key without re-reading every file."""
     sha = hashlib.sha256()
     sha.update(json.dumps([images.ids, images.labels.tolist()]).encode())
     if images.pixels is not None:
         sha.update(images.pixels.contiguous().numpy().tobytes())
     for path in images.paths or []:
         stat = Path(path).stat()
-        sha.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        sha.update(f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}".encode())
     return sha.hexdigest()[:20]
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """One process at a time (parallel sweep jobs wait for the first to build the shared item)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as exc:
+        raise DataError(f"cannot write the cache folder {path.parent} ({exc.strerror or exc}); set "
+                        "data.cache_dir=<a writable folder> (or TLRUN_CACHE_DIR)") from exc
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

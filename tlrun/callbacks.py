@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tlrun.sweep import FAILED_FILE, find_jobs, write_report
+from tlrun.sweep import FAILED_FILE, UnreadableFile, find_jobs, read_json_object, write_report
 
 
 class SweepStatus(Callback):
@@ -24,7 +23,12 @@ class SweepStatus(Callback):
         if jobs:
             report = write_report(sweep_dir, final=True)
             print(f"tlrun: sweep summary {report.summary} ({report.jobs} jobs, {report.failed} failed)")
-        failed = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
+        failed = []
+        for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")):
+            try:
+                failed.append(read_json_object(path))
+            except UnreadableFile as exc:  # a job killed while writing it: still a failed job
+                failed.append({"job": path.parent.name, "overrides": "", "error": str(exc)})
         if failed:
             for job in failed:
                 print(f"tlrun: error: job {job['job']} ({job['overrides']}): {job['error']}", file=sys.stderr)

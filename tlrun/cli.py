@@ -30,7 +30,7 @@ def fail(message: str, code: int = 2) -> None:
 def run_command(prog: str, run: Callable[[], int]) -> None:
     """Exit with ``run()``'s code; a TlrunError or Ctrl-C becomes one ``<prog>: error:`` line, no traceback
     (the companion commands tlrun-predict and tlrun-rank share this)."""
-    from tlrun.runner import one_line
+    from tlrun.runner import describe_failure, one_line
 
     try:
         code = run()
@@ -39,6 +39,12 @@ def run_command(prog: str, run: Callable[[], int]) -> None:
             raise
         print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a write the file system refused (disk full, read-only): one line too
+        described = describe_failure(exc)
+        if described is None or debug_mode():
+            raise
+        print(f"{prog}: error: {described[0]}", file=sys.stderr)
+        sys.exit(described[1])
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -58,19 +64,6 @@ def group_options(group: str) -> list[str]:
     stored = ConfigStore.instance().repo.get(group, {})
     names |= {name.rsplit(".", 1)[0] for name in stored if isinstance(name, str) and name.endswith(".yaml")}
     return sorted(names)
-
-
-def refuse_finished_run_dir(path: str) -> None:
-    """Stop before Hydra writes .hydra/ into a finished run folder (never touch a user's results)."""
-    from pathlib import Path
-
-    from tlrun.errors import ConfigError
-    from tlrun.runner import RESULT_FILES
-
-    existing = [name for name in RESULT_FILES if (Path(path) / name).exists()]
-    if existing:
-        raise ConfigError(f"run folder {path} already holds results ({', '.join(existing)}); "
-                          "tlrun never overwrites them: choose another hydra.run.dir")
 
 
 def _override_values(override: Any) -> list[Any]:
@@ -94,14 +87,16 @@ def check_overrides(overrides: list[str]) -> None:
     from tlrun.config import GROUPS, OVERLAY_GROUPS, check_value, schema_field
     from tlrun.errors import ConfigError
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as exc:
-        raise ConfigError(f"cannot parse override: {str(exc).splitlines()[0]}") from None
-    for override in parsed:
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            parser.parse_overrides([text])
+        except OverrideParseException as exc:
+            raise ConfigError(f"cannot parse override {text!r} ({str(exc).splitlines()[0][:100]}); quote a value "
+                              "that has spaces or special characters for Hydra inside the shell's quotes, e.g. "
+                              "'data.root=\"~/my data\"'") from None
+    for override in parser.parse_overrides(overrides):
         key = override.key_or_group
-        if key == "hydra.run.dir" and isinstance(override.value(), str):
-            refuse_finished_run_dir(override.value())
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
             continue
         if key in GROUPS or key in OVERLAY_GROUPS:
@@ -121,53 +116,47 @@ def check_overrides(overrides: list[str]) -> None:
             check_value(key, field, value)
 
 
-def _resumable_folder(path: "Any") -> bool:
-    from tlrun.runner import run_status
-
-    return (path / "checkpoints" / "last.pt").is_file() and run_status(path) in (None, "interrupted")
+# Keys whose value is a path (besides the schema's path_field keys): Hydra's own output folders.
+_HYDRA_PATH_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 
-def resolve_resume(argv: list[str]) -> list[str]:
-    """train.resume=<run folder|checkpoint|auto> → the run goes on in that folder (hydra.run.dir).
+def _is_path_key(key: str) -> bool:
+    from tlrun.config import schema_field
 
-    auto picks the newest resumable run under outputs/ whose overrides equal this command's (apart
-    from train.resume); with none, a new run starts."""
-    from pathlib import Path
+    if key in _HYDRA_PATH_KEYS:
+        return True
+    try:
+        return bool(schema_field(key).metadata.get("path"))
+    except TlrunError:
+        return False
 
-    import yaml
 
-    from tlrun.errors import ConfigError
+def quote_path_values(overrides: list[str]) -> list[str]:
+    """Path keys as a shell hands them over: ``~`` expanded, and a value with spaces or other characters
+    Hydra's grammar does not take bare (``data.root=/data/my photos``) quoted for Hydra, so it means what
+    the user typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    given = [a for a in argv if a.startswith("train.resume=")]
-    if not given or given[-1].split("=", 1)[1] in ("", "null"):
-        return argv
-    value = given[-1].split("=", 1)[1]
-    rest = [a for a in argv if not a.startswith("train.resume=")]
-    if any(a.startswith("hydra.run.dir=") for a in rest) or "-m" in rest or "--multirun" in rest:
-        raise ConfigError("train.resume picks the run folder itself: drop hydra.run.dir and -m")
-    if value == "auto":
-        wanted = sorted(a for a in rest if not a.startswith("-"))
-        candidates = []
-        for overrides in Path("outputs").glob("*/*/.hydra/overrides.yaml"):
-            folder = overrides.parent.parent
-            previous = sorted(a for a in yaml.safe_load(overrides.read_text()) or []
-                              if not a.startswith("train.resume="))
-            if previous == wanted and _resumable_folder(folder):
-                candidates.append(folder)
-        if not candidates:
-            print("tlrun: train.resume=auto: no unfinished run with these overrides under outputs/; starting a new run",
-                  file=sys.stderr)
-            return rest
-        folder = max(candidates, key=lambda f: (f / "checkpoints" / "last.pt").stat().st_mtime)
-        print(f"tlrun: resuming {folder.resolve()}", file=sys.stderr)
-    else:
-        path = Path(value).expanduser()
-        folder = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else \
-            path.parent if path.is_file() else path
-        if not folder.is_dir():
-            raise ConfigError(f"train.resume={value}: no such run folder; give the folder of an interrupted run "
-                              "(or train.resume=auto)")
-    return [*rest, f"train.resume={folder.resolve()}", f"hydra.run.dir={folder.resolve()}"]
+    parser = OverridesParser.create()
+    prepared = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or key.startswith("~") or not _is_path_key(key.lstrip("+")):
+            prepared.append(text)
+            continue
+        if value.startswith("~"):
+            value = os.path.expanduser(value)
+        candidate = f"{key}={value}"
+        try:
+            parser.parse_overrides([candidate])
+        except OverrideParseException:
+            if "'" not in value:
+                candidate = f"{key}='{value}'"
+            elif '"' not in value:
+                candidate = f'{key}="{value}"'
+        prepared.append(candidate)
+    return prepared
 
 
 def scratch_for_other_ranks(argv: list[str]) -> list[str]:
@@ -180,6 +169,42 @@ def scratch_for_other_ranks(argv: list[str]) -> list[str]:
     scratch = tempfile.mkdtemp(prefix=f"tlrun-rank{os.environ['RANK']}-")
     kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     return [*kept, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
+def check_new_run(overrides: list[str], compose: bool = True) -> None:
+    """Before Hydra creates a new run folder: the whole config composes and validates (so a refusal leaves
+    nothing on disk), and a given hydra.run.dir holds no results and can be created."""
+    from pathlib import Path
+
+    from tlrun.paths import check_can_create
+    from tlrun.rundir import refuse_results
+
+    fixed = [a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")]
+    folder = Path(fixed[-1].strip("'\"")) if fixed else Path("outputs")
+    if fixed:
+        refuse_results(folder)
+    check_can_create(folder, "hydra.run.dir")
+    if compose:
+        validate_composed([a for a in overrides if not a.startswith(("hydra.", "hydra/"))])
+
+
+def validate_composed(overrides: list[str]) -> None:
+    """Compose the run's config as Hydra will (without its own hydra node) and validate it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from tlrun.config import validate_config
+    from tlrun.errors import ConfigError
+
+    try:
+        with initialize_config_module("tlrun.conf", version_base="1.3"):
+            cfg = compose(CONFIG_NAME, overrides=overrides)
+    except HydraException as exc:  # Hydra's own message is one clear line; keep it
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate_config(cfg)
 
 
 def _run_task(cfg: Any) -> Any:
@@ -197,14 +222,21 @@ def main() -> None:
     from hydra._internal.utils import get_args_parser
 
     from tlrun.config import register_configs
+    from tlrun.rundir import resolve_resume
 
     register_configs()
     argv = sys.argv[1:]
     if not any(flag in argv for flag in _INSPECT_FLAGS):
         try:
             args = get_args_parser().parse_args(argv)
-            check_overrides(args.overrides)
-            resolved = scratch_for_other_ranks(resolve_resume(args.overrides))
+            overrides = quote_path_values(args.overrides)
+            check_overrides(overrides)
+            resolved = scratch_for_other_ranks(resolve_resume(overrides))
+            starts_a_run = not (args.multirun or args.help or args.hydra_help or args.cfg)
+            if starts_a_run and not any(a.startswith("train.resume=") for a in resolved):
+                # With the user's own primary config (--config-name/-cp/-cd) the job validates it instead.
+                own_config = args.config_name or args.config_path or args.config_dir
+                check_new_run(resolved, compose=not own_config)
             if resolved != args.overrides:
                 flags = [a for a in argv if a not in args.overrides]
                 sys.argv = [sys.argv[0], *flags, *resolved]

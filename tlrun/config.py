@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -54,10 +55,21 @@ def check_range(key: str, value: Any, low: Optional[float] = None, high: Optiona
     Shared by the schema and the companion commands' arguments (--threads, --batch-size...)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if not math.isfinite(value):  # nan passes every comparison below
+        raise ConfigError(f"invalid value for {key}: {value}; it must be a finite number")
     if low is not None and (value < low or (low_open and value == low)):
         raise ConfigError(f"invalid value for {key}: {value}; it must be {'>' if low_open else '>='} {low}")
     if high is not None and value > high:
         raise ConfigError(f"invalid value for {key}: {value}; it must be <= {high}")
+
+
+def check_arg_ranges(args: Any, ranges: dict[str, tuple[Optional[float], Optional[float]]]) -> None:
+    """The companion commands' range table: ConfigError (``check_range``'s wording, naming the flag) for
+    the first argparse argument outside its range; a list argument is checked value by value, None skipped."""
+    for dest, (low, high) in ranges.items():
+        value = getattr(args, dest)
+        for item in value if isinstance(value, list) else [value]:
+            check_range("--" + dest.replace("_", "-"), item, low, high)
 
 
 def _check_channel_stats(values: Optional[list], positive: bool) -> Optional[str]:
@@ -329,7 +341,9 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from tlrun.models.catalog import MODEL_DEFAULTS
+    from tlrun.rundir import register_resolver
 
+    register_resolver()
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=TlrunConfig)
     # One option per known model name, so `model=<any torchvision classifier>` composes

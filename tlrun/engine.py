@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlrun.checkpoint import capture_rng, capture_stream_rng, restore_rng, restore_stream_rng, save_atomic
+from tlrun.checkpoint import (capture_rng, capture_stream_rng, load_file, remove_stale_temp_files, restore_rng,
+                              restore_stream_rng, save_atomic)
 from tlrun.errors import CheckpointError, RunInterrupted
 from tlrun.freeze import FreezePlan
 from tlrun import distributed
+from tlrun.interrupts import INTERRUPTS
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class Placement:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+
+def plain(row: dict) -> dict:
+    """A dict of Python numbers (NumPy scalars converted): what the safe unpickler reads back."""
+    return {key: value.item() if isinstance(value, np.generic) else value for key, value in row.items()}
 
 
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -179,34 +184,6 @@ class Progress:
             self.bar.stop()
 
 
-class InterruptFlag:
-    """SIGTERM / SIGUSR1 (SLURM and cloud preemption) and Ctrl-C ask training to stop after the
-    current step; a second Ctrl-C stops at once. Handlers are installed only while fitting, and only
-    from the main thread (where Python delivers signals)."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
-
-    def __init__(self) -> None:
-        self.received: Optional[str] = None
-        self._previous: dict = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        log.warning("%s received: stopping after the current step (checkpoints/last.pt keeps the last epoch)",
-                    self.received)
-
-    def __enter__(self) -> "InterruptFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Engine:
     """Trains ``model`` with ``step`` and keeps the run folder's history and checkpoints."""
 
@@ -245,7 +222,6 @@ class Engine:
         self.resume = Path(resume) if resume else None
         # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp == "fp16")
-        self.interrupt = InterruptFlag()
         self.timings: dict[str, float] = {}
         self.eval_forward_s = 0.0  # model forward time of evaluate() calls since it was last reset
 
@@ -340,7 +316,7 @@ class Engine:
                 extra_sums[key] = extra_sums.get(key, 0.0) + float(value) * n
             progress.step(out.loss.item())
             if self._interrupted():
-                raise RunInterrupted(self.interrupt.received or "a signal to another rank", epoch - 1)
+                raise RunInterrupted(INTERRUPTS.received or "a signal to another rank", epoch - 1)
         keys = sorted(extra_sums)
         loss_sum, correct, seen, *extras = distributed.sum_over_ranks(loss_sum, correct, seen,
                                                                       *(extra_sums[k] for k in keys))
@@ -352,13 +328,13 @@ class Engine:
     def _interrupted(self) -> bool:
         """Under torchrun every rank must stop at the same step, whichever rank got the signal."""
         if distributed.world_size() == 1:
-            return self.interrupt.received is not None
-        return distributed.sum_over_ranks(1.0 if self.interrupt.received else 0.0)[0] > 0
+            return INTERRUPTS.received is not None
+        return distributed.sum_over_ranks(1.0 if INTERRUPTS.received else 0.0)[0] > 0
 
     def _checkpoint_state(self, epoch: int, best: dict) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": capture_rng(), "best": dict(best),
-                "history": list(self.history),
+                "scheduler": self.scheduler.state_dict(), "rng": capture_rng(), "best": plain(best),
+                "history": [plain(row) for row in self.history],
                 "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else None,
                 "scaler": self.scaler.state_dict(), "stream_rng": capture_stream_rng(self.train_loader),
                 **self.checkpoint_extra}
@@ -367,14 +343,7 @@ class Engine:
         """Continue from checkpoints/last.pt: weights, optimizer, schedule, history, early-stopping
         state and every RNG, so the rest of the run is what it would have been without the stop."""
         path = self.resume / "checkpoints" / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoints/last.pt (the run stopped "
-                                  "before its first epoch ended); start it again without train.resume")
-        try:
-            state = torch.load(path, map_location=self.placement.device, weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {path} ({type(exc).__name__}: the file is truncated or not a tlrun "
-                                  "checkpoint); remove it and start again without train.resume") from exc
+        state = load_file(path, "a tlrun checkpoint", self.placement.device)
         try:
             self.model.load_state_dict(state["model"])
             if self.auxiliary is not None:
@@ -393,59 +362,69 @@ class Engine:
 
     def fit(self) -> FitResult:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.checkpoint_dir)  # a writer killed mid-checkpoint left its temp file
         best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
         offset = self.epoch_offset  # epochs of earlier progressive-resizing phases
         first_epoch = offset + 1
         distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         if self.auxiliary is not None:
             distributed.broadcast_parameters(self.auxiliary)
-        if self.resume:
+        if self.resume and (self.resume / "checkpoints" / "last.pt").is_file():
             first_epoch, best = self._restore()
+        elif self.resume:  # interrupted before its first checkpoint: the same seed makes a restart exact
+            log.info("No epoch of %s was saved before it stopped: training starts from epoch 1", self.resume)
         progress = Progress(self.progress_mode if distributed.is_main() else "none", offset + self.epochs,
                             self.steps_per_epoch)
-        stopped_early = False
-        try:
-            self.interrupt.__enter__()
-            for epoch in range(first_epoch, offset + self.epochs + 1):
-                progress.start_epoch(epoch)
-                started = time.perf_counter()
-                train_metrics = self._train_epoch(epoch, progress)
-                lr = self.optimizer.param_groups[-1]["lr"]
-                self.eval_forward_s = 0.0
-                val = self.validate()
-                row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
-                       "val_loss": val.loss, "val_acc": val.acc, "lr": lr, **self.columns}
-                row.update(train_metrics)
-                if self.epoch_metrics is not None:  # pipeline columns computed from the epoch's row
-                    row.update(self.epoch_metrics(row))
-                row["epoch_time_s"] = time.perf_counter() - started
-                # Model time: training forward/backward/optimizer steps plus the validation forward passes;
-                # the rest of epoch_time_s (batches, metrics, checkpoints) is the loop's overhead.
-                row["data_time_s"] = self.timings["data_time_s"]
-                row["compute_time_s"] = self.timings["compute_time_s"] + self.eval_forward_s
-                self.history.append(row)
-                self.write_history()
-                improved = val.acc > best["val_acc"] + self.min_delta
-                if improved:
-                    best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0)
-                else:
-                    best["stale"] += 1
-                state = self._checkpoint_state(epoch, best)
-                save_atomic(state, self.checkpoint_dir / "last.pt")
-                if improved:
-                    save_atomic(state, self.checkpoint_dir / "best.pt")
-                progress.end_epoch(row)
-                if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
-                    raise RunInterrupted(self.interrupt.received or "a signal to another rank", epoch)
-                if self.patience is not None and best["stale"] >= self.patience:
-                    log.info("Early stopping: val_acc has not improved for %d epochs", self.patience)
-                    stopped_early = True
-                    break
-        finally:
-            self.interrupt.__exit__()
-            progress.close()
+        # A resumed run that had stopped early (then was interrupted in its test) trains no further.
+        stopped_early = bool(best.get("stopped_early"))
+        epochs = range(0) if stopped_early else range(first_epoch, offset + self.epochs + 1)
+        with INTERRUPTS.deferred():
+            try:
+                for epoch in epochs:
+                    if self._fit_epoch(epoch, best, progress):
+                        log.info("Early stopping: val_acc has not improved for %d epochs", self.patience)
+                        stopped_early = True
+                        break
+            finally:
+                progress.close()
         return FitResult(best["epoch"], best["val_acc"], self.history[-1]["val_acc"], len(self.history),
                          stopped_early, pd.DataFrame(self.history))
+
+    def _fit_epoch(self, epoch: int, best: dict, progress: Progress) -> bool:
+        """Train and validate one epoch, record it and checkpoint it; True when early stopping says stop."""
+        progress.start_epoch(epoch)
+        started = time.perf_counter()
+        train_metrics = self._train_epoch(epoch, progress)
+        lr = self.optimizer.param_groups[-1]["lr"]
+        self.eval_forward_s = 0.0
+        val = self.validate()
+        row = {"epoch": epoch, **{k: train_metrics.pop(k) for k in ("train_loss", "train_acc")},
+               "val_loss": val.loss, "val_acc": val.acc, "lr": lr, **self.columns}
+        row.update(train_metrics)
+        if self.epoch_metrics is not None:  # pipeline columns computed from the epoch's row
+            row.update(self.epoch_metrics(row))
+        row["epoch_time_s"] = time.perf_counter() - started
+        # Model time: training forward/backward/optimizer steps plus the validation forward passes;
+        # the rest of epoch_time_s (batches, metrics, checkpoints) is the loop's overhead.
+        row["data_time_s"] = self.timings["data_time_s"]
+        row["compute_time_s"] = self.timings["compute_time_s"] + self.eval_forward_s
+        self.history.append(row)
+        self.write_history()
+        improved = val.acc > best["val_acc"] + self.min_delta
+        if improved:
+            best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0)
+        else:
+            best["stale"] += 1
+        stop = self.patience is not None and best["stale"] >= self.patience
+        best["stopped_early"] = stop
+        state = self._checkpoint_state(epoch, best)
+        save_atomic(state, self.checkpoint_dir / "last.pt")
+        if improved:
+            save_atomic(state, self.checkpoint_dir / "best.pt")
+        progress.end_epoch(row)
+        if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
+            raise RunInterrupted(INTERRUPTS.received or "a signal to another rank", epoch)
+        return stop
 
     def write_history(self) -> None:
         path = self.run_dir / "ft_history.csv"
@@ -455,5 +434,5 @@ class Engine:
 
     def load_best(self) -> None:
         """Restore the weights of the best validation epoch."""
-        state = torch.load(self.checkpoint_dir / "best.pt", map_location=self.placement.device, weights_only=False)
+        state = load_file(self.checkpoint_dir / "best.pt", "a tlrun checkpoint", self.placement.device)
         self.model.load_state_dict(state["model"])

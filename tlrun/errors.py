@@ -35,6 +35,7 @@ class RunInterrupted(Exception):
 
     exit_code = 75  # EX_TEMPFAIL: "try again later" — what a preempted job is
 
-    def __init__(self, signal_name: str, epochs_done: int) -> None:
-        super().__init__(f"interrupted by {signal_name} after {epochs_done} completed epoch(s)")
+    def __init__(self, signal_name: str, epochs_done: "int | None") -> None:
+        when = f"after {epochs_done} completed epoch(s)" if epochs_done is not None else "outside training"
+        super().__init__(f"interrupted by {signal_name} {when}")
         self.signal_name, self.epochs_done = signal_name, epochs_done

@@ -32,8 +32,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tlrun.cache import cache_root, digest, images_digest, locked, tensors_digest
+from tlrun.cache import cache_root, digest, images_digest, is_intact, locked, seal, tensors_digest
 from tlrun.config import random_augmentations
+from tlrun.checkpoint import remove_stale_temp_files
 from tlrun.data.pipeline import ImageDataset, make_loader
 from tlrun.data.sources import ImageSet
 from tlrun.engine import Placement
@@ -249,10 +250,14 @@ def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageD
     path = cache_root(cfg) / "features" / f"{cfg.model.name}-{split}-{key}.npy"
     started = time.perf_counter()
     with locked(path.with_suffix(".lock")):
-        status = "hit" if path.is_file() else "miss"
+        remove_stale_temp_files(path.parent)
+        status = "hit" if is_intact(path, "feature cache") else "miss"
         if status == "miss":
             _write_features(model, cut, dataset, placement, path)
-    stored = np.load(path, mmap_mode="r")
+            seal(path)
+        stored = np.load(path, mmap_mode="r")
+    if stored.shape[0] != len(dataset):  # a sealed entry of another set cannot have this key; be explicit
+        raise ValueError(f"feature cache {path} holds {stored.shape[0]} rows for {len(dataset)} images")
     in_memory = stored.nbytes <= cfg.train.cache_features_memory_mb * 2**20
     features: Any = torch.from_numpy(np.array(stored)) if in_memory else stored
     info = {"status": status, "storage": "memory" if in_memory else "disk", "mb": round(stored.nbytes / 2**20, 1),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Optional
 
 from tlrun.errors import ConfigError
 
@@ -24,3 +26,13 @@ def check_can_create(path: Path, key: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == path else f"cannot be created: {probe} is read-only"
         raise ConfigError(f"{key}={path} {what}; choose a writable {key}")
+
+
+def output_dir(out: Optional[str], default_root: str, result_file: str) -> Path:
+    """A companion command's output folder (``--out``, else ``<default_root>/<date>_<time>``), refused with
+    one line, nothing created, if it already holds ``result_file`` or cannot be made."""
+    path = Path(out).expanduser() if out else Path(default_root) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if (path / result_file).exists():
+        raise ConfigError(f"{path} already holds {result_file}; tlrun never overwrites results: choose another --out")
+    check_can_create(path, "--out")
+    return path

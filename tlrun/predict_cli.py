@@ -8,14 +8,20 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
+from tlrun.config import check_arg_ranges
 from tlrun.errors import ConfigError
+from tlrun.paths import output_dir
 
 PROG = "tlrun-predict"
 TTA_CHOICES = ("none", "flip", "flip+crops")
 GRID_FILE, TABLE_FILE, SUMMARY_FILE, CONFUSION_FILE = ("predictions.png", "predictions.csv", "summary.json",
                                                        "confusion_matrix.png")
+# Allowed range of every numeric argument (argparse dest -> (low, high), None = open), checked right after
+# parsing: a new numeric argument gets its check by adding a row (tests/test_companion_errors.py enforces it).
+ARG_RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
+    "top_k": (1, None), "grid": (0, None), "threads": (1, None), "workers": (0, None), "weights": (0, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,41 +38,50 @@ def build_parser() -> argparse.ArgumentParser:
                              "split:train|val|test (the run's own split)")
     parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="test-time augmentation: average softmax over views (default: none)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes listed in the top_k column (default 5)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed in the top_k column (>= 1, default 5)")
     parser.add_argument("--out", default=None, help="output folder (default predictions/<date>_<time>); "
                                                     "never overwritten")
     weighting = parser.add_mutually_exclusive_group()
     weighting.add_argument("--weights", type=float, nargs="+", default=None,
-                           help="ensemble weights, one per run (default: equal)")
+                           help="ensemble weights, one per run, each >= 0 and not all 0 (default: equal)")
     weighting.add_argument("--weight-by", default=None, metavar="METRIC",
                            help="weight each run by a metrics.json value, e.g. best_val_acc")
     parser.add_argument("--grid", type=int, default=16, help="images shown in predictions.png (default 16, 0 = none)")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (>= 1; default: torch's)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     return parser
 
 
-def output_dir(out: Optional[str]) -> Path:
-    path = Path(out) if out else Path("predictions") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if (path / TABLE_FILE).exists():
-        raise ConfigError(f"{path} already holds {TABLE_FILE}; tlrun never overwrites results: choose another --out")
-    return path
+def _check_weights(weights: Optional[Sequence[float]], runs: int) -> None:
+    """What the range table cannot say about --weights (each >= 0 is checked there)."""
+    if weights is None:
+        return
+    if len(weights) != runs:
+        raise ConfigError(f"--weights gives {len(weights)} number{'s' * (len(weights) != 1)} for {runs} "
+                          f"run{'s' * (runs != 1)}; give one per run")
+    if sum(weights) <= 0:
+        raise ConfigError("--weights are all 0; give at least one positive weight (they are normalised by their sum)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument check that needs no file: before torch loads and before any folder is made."""
+    check_arg_ranges(args, ARG_RANGES)
+    if len(args.inputs) < 2:
+        raise ConfigError("give at least one run folder and then the images, e.g. tlrun-predict RUN photos/")
+    _check_weights(args.weights, len(args.inputs) - 1)
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.inputs) < 2:
-        raise ConfigError("give at least one run folder and then the images, e.g. tlrun-predict RUN photos/")
-    if args.top_k < 1:
-        raise ConfigError("--top-k must be >= 1")
-    out = output_dir(args.out)
+    check_args(args)
+    out = output_dir(args.out, "predictions", TABLE_FILE)
     import torch
 
     from tlrun.predict import load_members, predict, resolve_images
     from tlrun.config import DeviceConfig
     from tlrun.runner import resolve_device
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
 

@@ -6,14 +6,21 @@ Kept light at import (torch loads only once the arguments are valid), so --help 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Optional
 
 from tlrun.errors import ConfigError
+from tlrun.paths import output_dir
+from tlrun.config import check_arg_ranges
 
 PROG = "tlrun-rank"
 RANK_FILE = "rank.csv"
+# Allowed range of every numeric argument (argparse dest -> (low, high), None = open), checked right after
+# parsing: a new numeric argument gets its check by adding a row (tests/test_companion_errors.py enforces it).
+# They match the run config's data.image_size, data.max_per_class, seed and device.threads.
+ARG_RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
+    "image_size": (8, None), "max_per_class": (1, None), "seed": (0, 2**32 - 1), "batch_size": (1, None),
+    "threads": (1, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", choices=("train", "val", "test", "all"),
                         help="which split of the data is scored (default train, as a run would train on)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="input size (default: each model's own, e.g. 224)")
-    parser.add_argument("--max-per-class", type=int, default=None, help="cap images per class (quick ranking)")
+                        help="input size, >= 8 (default: each model's own, e.g. 224)")
+    parser.add_argument("--max-per-class", type=int, default=None,
+                        help="cap images per class, >= 1 (quick ranking)")
     parser.add_argument("--by", default="logme", choices=("logme", "leep", "mmd"), help="ranking score")
-    parser.add_argument("--seed", type=int, default=0, help="split seed, as tlrun's seed= (default 0)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--seed", type=int, default=0, help="split seed, as tlrun's seed= (0 to 2**32-1, default 0)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (>= 1, default 128)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (>= 1; default: torch's)")
     parser.add_argument("--out", default=None, help=f"folder for {RANK_FILE} (default rank/<date>_<time>)")
     return parser
 
@@ -70,28 +78,25 @@ def _check_models(candidates: list) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.image_size is not None and args.image_size < 8:
-        raise ConfigError("--image-size must be >= 8")
-    out = Path(args.out) if args.out else Path("rank") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if (out / RANK_FILE).exists():
-        raise ConfigError(f"{out} already holds {RANK_FILE}; tlrun never overwrites results: choose another --out")
+    check_arg_ranges(args, ARG_RANGES)
+    name, root = _data_spec(args.data)  # path checks only: before torch loads
+    source_name, source_root = _data_spec(args.source) if args.source else (None, None)
+    out = output_dir(args.out, "rank", RANK_FILE)
     import torch
 
     from tlrun.rank import Candidate, data_config, rank
     from tlrun.report import markdown_table
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     candidates = [Candidate.parse(text) for text in args.models]
     _check_models(candidates)
-    name, root = _data_spec(args.data)
     from tlrun.data.sources import dataset_builder
 
     dataset_builder(name, "--data")  # an unknown dataset fails here, before any model is built
     data_cfg = data_config(name, root, args.image_size, args.max_per_class)
     source_cfg = None
-    if args.source:
-        source_name, source_root = _data_spec(args.source)
+    if source_name is not None:
         dataset_builder(source_name, "--source")
         source_cfg = data_config(source_name, source_root, args.image_size, args.max_per_class)
     table = rank(candidates, data_cfg, args.seed, args.split, source_cfg, args.by, batch_size=args.batch_size)

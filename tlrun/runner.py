@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import shutil
 import sys
@@ -10,13 +12,14 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from tlrun.config import validate_config
+from tlrun.config import expand_paths, validate_config
 from tlrun.errors import ConfigError, RunInterrupted, TlrunError
+from tlrun.interrupts import INTERRUPTS
+from tlrun.report import write_json
+from tlrun.rundir import check_resumable, has_checkpoint, refuse_results, remove_created_parents, run_status
 
 log = logging.getLogger("tlrun")
 
-# Files that make a folder a run's results: never overwritten.
-RESULT_FILES = ("metrics.json", "ft_history.csv", "ft_model.pt")
 # What Hydra writes before the job starts: a failed job that leaves only these is removed.
 _HYDRA_OWN = {".hydra", "tlrun.log"}
 
@@ -78,52 +81,36 @@ def one_line(message: str) -> str:
     return " ".join(line.strip() for line in lines)
 
 
-def run_status(run_dir: Path) -> Optional[str]:
-    """ "ok"/"interrupted" from metrics.json, None when the run has not finished or stopped cleanly."""
-    import json
-
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        return None
-    try:
-        return json.loads(metrics.read_text()).get("status", "ok")
-    except ValueError:
-        return "unreadable"
-
-
 def guard_run_dir(run_dir: Path, resume: bool = False) -> None:
+    """The in-process check (the CLI has already made it before Hydra wrote anything)."""
     if resume:
-        status = run_status(run_dir)
-        if status not in (None, "interrupted"):
-            raise ConfigError(f"run {run_dir} already finished (metrics.json status {status}); nothing to resume, "
-                              "and tlrun never overwrites results")
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise ConfigError(f"nothing to resume in {run_dir}: no checkpoints/last.pt; give the folder of a run "
-                              "that completed at least one epoch, or drop train.resume")
-        return
-    existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
-    if existing:
-        raise ConfigError(f"run folder {run_dir} already holds results ({', '.join(existing)}); "
-                          "tlrun never overwrites them: choose another hydra.run.dir (or train.resume=<it> "
-                          "to continue an interrupted run)")
+        check_resumable(run_dir, str(run_dir))
+    else:
+        refuse_results(run_dir)
 
 
-def _record_interruption(run_dir: Path, exc: "RunInterrupted") -> None:
-    """metrics.json says the run stopped and how to continue it (the folder stays resumable)."""
-    import json
-    import sys as _sys
+def _record_interruption(run_dir: Path, exc: RunInterrupted) -> str:
+    """metrics.json says the run stopped and how to continue it (the folder stays resumable); returns the
+    line printed for the user."""
+    from hydra.core.hydra_config import HydraConfig
 
-    overrides = [a for a in _sys.argv[1:] if not a.startswith(("train.resume=", "hydra.run.dir=", "-"))]
-    (run_dir / "metrics.json").write_text(json.dumps({
-        "status": "interrupted", "signal": exc.signal_name, "epochs_done": exc.epochs_done,
-        "resume_with": " ".join(["tlrun", *overrides, f"train.resume={run_dir}"])}, indent=2) + "\n")
+    overrides = [a for a in HydraConfig.get().overrides.task if not a.startswith(("train.resume=", "hydra."))]
+    command = " ".join(["tlrun", *overrides, f"train.resume={run_dir}"])
+    saved = "checkpoints/last.pt keeps the last completed epoch" if has_checkpoint(run_dir) else \
+        "no epoch of this run was saved yet, so the resume starts its training again (a teacher stage " \
+        "resumes from its own checkpoint)"
+    write_json({"status": "interrupted", "signal": exc.signal_name, "epochs_done": exc.epochs_done,
+                "resume_with": command}, run_dir / "metrics.json")
+    return f"tlrun: {exc}; {saved}; continue with: {command}"
 
 
 def _remove_if_empty(run_dir: Path) -> None:
-    """A job that failed before producing anything leaves no run folder behind."""
+    """A job that failed before producing anything leaves no run folder behind (nor the date folder
+    that the folder's claim created)."""
     produced = {p.name for p in run_dir.iterdir() if not (p.is_dir() and not any(p.iterdir()))} if run_dir.is_dir() else set()
     if run_dir.is_dir() and produced <= _HYDRA_OWN:
         shutil.rmtree(run_dir, ignore_errors=True)
+        remove_created_parents(run_dir)
 
 
 def _record_failure(run_dir: Path, message: str, code: int) -> None:
@@ -160,10 +147,20 @@ def _update_sweep_summary() -> None:
         log.warning("could not update the sweep summary: %s", exc)
 
 
+# A write that failed because of the file system, not of tlrun: the user frees space or points elsewhere.
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file"}
+
+
 def describe_failure(exc: BaseException) -> Optional[tuple[str, int]]:
     """(one line, exit code) for failures a user can act on; None: a bug, keep the traceback."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", 130
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        return (f"could not write{where}: {_WRITE_ERRNOS[exc.errno]}; free space or point hydra.run.dir / "
+                "data.cache_dir at a writable disk"), 2
     if isinstance(exc, FloatingPointError):
         return f"{exc}; lower train.lr or set train.grad_clip", 3
     if isinstance(exc, TlrunError):
@@ -175,29 +172,39 @@ def describe_failure(exc: BaseException) -> Optional[tuple[str, int]]:
 
 
 def run_job(cfg: DictConfig) -> dict:
+    """Run one job; user-fixable failures become one line (a sweep job records them and the sweep goes on)."""
     from hydra.core.hydra_config import HydraConfig
 
     from tlrun.cli import debug_mode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate_config(cfg)
-        if _launch_rank() == 0:  # torchrun's other ranks write only into their scratch folders
-            guard_run_dir(run_dir, resume=bool(cfg.train.resume))
-        metrics = _run(cfg, run_dir)
+        with INTERRUPTS.job():
+            validate_config(cfg)
+            expand_paths(cfg)
+            if _launch_rank() == 0:  # torchrun's other ranks write only into their scratch folders
+                guard_run_dir(run_dir, resume=bool(cfg.train.resume))
+            metrics = _run(cfg, run_dir)
         _update_sweep_summary()
         return metrics
     except RunInterrupted as exc:
         if debug_mode():
             raise
-        _record_interruption(run_dir, exc)
+        if run_status(run_dir) == "ok":  # the signal came after the results were complete: keep them
+            print(f"tlrun: {exc}, after the run had finished; its results in {run_dir} are complete", file=sys.stderr)
+            return json.loads((run_dir / "metrics.json").read_text())
+        message = _record_interruption(run_dir, exc)
         _update_sweep_summary()
-        print(f"tlrun: {exc}; checkpoints/last.pt kept; continue with train.resume={run_dir}", file=sys.stderr)
+        print(message, file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (TlrunError, FloatingPointError, KeyboardInterrupt, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is reported; bugs keep their traceback
         described = describe_failure(exc)
-        if described is None or debug_mode():
+        if debug_mode() or (described is None and not _is_multirun()):
             raise
+        if described is None:  # a bug in one sweep job: its traceback goes to the job's log, the sweep goes on
+            log.exception("job failed with an unexpected error")
+            described = (f"unexpected {type(exc).__name__}: {one_line(str(exc))[:300]} (traceback in "
+                         f"{run_dir / 'tlrun.log'})", 1)
         message, code = described
         if _is_multirun():
             # The sweep goes on; the job folder keeps failed.json and SweepStatus reports it at the end.
@@ -208,6 +215,11 @@ def run_job(cfg: DictConfig) -> dict:
         _remove_if_empty(run_dir)
         print(f"tlrun: error: {message}", file=sys.stderr)
         sys.exit(code)
+    except KeyboardInterrupt:  # a second Ctrl-C while training stops at once
+        if debug_mode():
+            raise
+        print("tlrun: error: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _launch_rank() -> int:

@@ -3,6 +3,8 @@
 Built by reading the job folders (``.hydra/overrides.yaml`` + ``metrics.json`` or ``failed.json``),
 so it works for any past sweep (``tlrun-report <sweep dir>``), for parallel launchers, and when
 some jobs failed: every job rewrites the summary when it ends, under a lock, atomically.
+A job whose files cannot be read (e.g. a truncated metrics.json) is a row with status ``unreadable``
+and an ``error`` naming the file; the other jobs are summarised as usual.
 No torch import here: the report command answers quickly.
 """
 
@@ -11,9 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import io
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -22,6 +24,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tlrun.errors import ConfigError
+
+PROG = "tlrun-report"
 SUMMARY_FILE = "sweep_summary.csv"
 HEATMAP_FILE = "sweep_heatmap.png"
 FAILED_FILE = "failed.json"
@@ -38,6 +43,11 @@ class SweepReport:
     jobs: int
     failed: int
     swept: list[str]
+    unreadable: int = 0  # jobs whose overrides.yaml / metrics.json / failed.json could not be read
+
+
+class UnreadableFile(Exception):
+    """A job file that exists but cannot be read or parsed; the message names the file."""
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -61,22 +71,67 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
                   key=lambda p: (len(p.parts), _typed(p.name) if isinstance(_typed(p.name), int) else 1 << 30, str(p)))
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UnreadableFile(f"{path} is not text") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A job's metrics.json / failed.json; UnreadableFile if it is unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:  # e.g. truncated: the job was killed while writing it
+        raise UnreadableFile(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") \
+            from None
+    if not isinstance(data, dict):
+        raise UnreadableFile(f"{path} is not a JSON object")
+    return data
+
+
+def read_overrides(job_dir: Path) -> list[str]:
+    """The job's Hydra overrides; UnreadableFile if .hydra/overrides.yaml is not a YAML list."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(_read_text(path)) or []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UnreadableFile(f"{path} is not valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+    if not isinstance(overrides, list):
+        raise UnreadableFile(f"{path} is not a YAML list of overrides")
+    return [str(text) for text in overrides]
+
+
 def read_job(job_dir: Path, final: bool) -> dict[str, Any]:
-    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    """One summary row. A file that cannot be read makes the row status=unreadable (error names the file)
+    instead of stopping the report: the other jobs are still summarised."""
     row: dict[str, Any] = {"job": job_dir.name}
-    row.update({key: _typed(value) for key, value in map(_parse_override, overrides)})
-    metrics_file, failed_file = job_dir / "metrics.json", job_dir / FAILED_FILE
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        row["status"] = metrics.get("status", "ok")
-        row.update({key: metrics[key] for key in SUMMARY_METRICS if key in metrics})
-    elif failed_file.is_file():
-        failure = json.loads(failed_file.read_text())
-        row.update(status="failed", error=failure.get("error", ""))
-    else:  # still running (a parallel job) or killed before it could write anything
-        row["status"] = "incomplete" if final else "running"
+    try:
+        row.update({key: _typed(value) for key, value in map(_parse_override, read_overrides(job_dir))})
+        metrics_file, failed_file = job_dir / "metrics.json", job_dir / FAILED_FILE
+        if metrics_file.is_file():
+            metrics = read_json_object(metrics_file)
+            row["status"] = metrics.get("status", "ok")
+            row.update({key: metrics[key] for key in SUMMARY_METRICS if key in metrics})
+        elif failed_file.is_file():
+            failure = read_json_object(failed_file)
+            row.update(status="failed", error=failure.get("error", ""))
+        else:  # still running (a parallel job) or killed before it could write anything
+            row["status"] = "incomplete" if final else "running"
+    except UnreadableFile as exc:
+        row.update(status="unreadable", error=f"{exc}; rerun this job or repair the file")
     row["run_dir"] = str(job_dir)
     return row
+
+
+def _overrides_or_none(job_dir: Path) -> list[str]:
+    try:
+        return read_overrides(job_dir)
+    except UnreadableFile:  # already reported in the job's row
+        return []
 
 
 def collect(sweep_dir: Path, final: bool = True) -> tuple[pd.DataFrame, list[str]]:
@@ -86,7 +141,7 @@ def collect(sweep_dir: Path, final: bool = True) -> tuple[pd.DataFrame, list[str
     frame = pd.DataFrame(rows)
     override_keys: list[str] = []
     for job in jobs:
-        for text in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []:
+        for text in _overrides_or_none(job):
             key = _parse_override(text)[0]
             if key not in override_keys:
                 override_keys.append(key)
@@ -139,10 +194,10 @@ def plot_heatmap(frame: pd.DataFrame, swept: list[str], metric: str, path: Path)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(path, dpi=120, format="png")  # write_report passes a temporary path
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -156,49 +211,102 @@ def _locked(sweep_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _staged(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary siblings of ``paths``, moved onto them only once the block has written them all; on an
+    error they are removed, so a failed write (full disk...) leaves the previous files as they were."""
+    tmps = [path.with_name(f".{path.name}.tmp") for path in paths]
+    try:
+        yield tmps
+        for tmp, path in zip(tmps, paths):
+            if tmp.exists():  # the heatmap is skipped when there is no metric
+                tmp.replace(path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
 def write_report(sweep_dir: Path, metric: Optional[str] = None, final: bool = True) -> SweepReport:
-    """Write sweep_summary.csv and sweep_heatmap.png at the sweep root (safe with parallel jobs)."""
+    """Write sweep_summary.csv and sweep_heatmap.png at the sweep root (safe with parallel jobs).
+
+    An OSError (e.g. a read-only sweep folder) propagates with no half-written file left behind."""
     sweep_dir = Path(sweep_dir)
     with _locked(sweep_dir):
         frame, swept = collect(sweep_dir, final)
-        summary = sweep_dir / SUMMARY_FILE
-        tmp = summary.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(summary)
+        summary, heatmap = sweep_dir / SUMMARY_FILE, sweep_dir / HEATMAP_FILE
         metric = metric or next((m for m in SUMMARY_METRICS if m in frame), None)
-        heatmap = plot_heatmap(frame, swept, metric, sweep_dir / HEATMAP_FILE) if metric and len(frame) else None
-    failed = int((frame["status"] == "failed").sum()) if "status" in frame else 0
-    return SweepReport(summary, heatmap, len(frame), failed, swept)
+        with _staged(summary, heatmap) as (summary_tmp, heatmap_tmp):
+            frame.to_csv(summary_tmp, index=False)
+            drawn = plot_heatmap(frame, swept, metric, heatmap_tmp) if metric and len(frame) else None
+    return SweepReport(summary, heatmap if drawn else None, len(frame), _count(frame, "failed"), swept,
+                       _count(frame, "unreadable"))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="tlrun-report",
-                                     description="Rebuild sweep_summary.csv and sweep_heatmap.png of a tlrun sweep.")
+def _count(frame: pd.DataFrame, status: str) -> int:
+    return int((frame["status"] == status).sum()) if "status" in frame else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Rebuild sweep_summary.csv and sweep_heatmap.png of a tlrun sweep and print the "
+                               "summary table.",
+        epilog="exit status: 0 every job summarised; 1 some job failed or has unreadable files (status=failed / "
+               "unreadable in the table, which is still written); 2 bad arguments, or the sweep folder cannot be "
+               "written (read-only...): then the table is printed but not saved, and no half-written file is left.")
     parser.add_argument("sweep_dir", help="the sweep root (e.g. multirun/2026-11-25/10-00-00)")
     parser.add_argument("--metric", help=f"heatmap metric (default: the first of {', '.join(SUMMARY_METRICS[:4])} "
                                          "that the jobs report)")
-    args = parser.parse_args(argv)
-    sweep_dir = Path(args.sweep_dir)
+    return parser
+
+
+def _print_table(frame: pd.DataFrame, swept: list[str], failed: int, unreadable: int) -> None:
+    from tlrun.report import markdown_table
+
+    print(markdown_table(frame.drop(columns=["run_dir"], errors="ignore")))
+    problems = f"{failed} failed" + (f", {unreadable} unreadable" if unreadable else "")
+    print(f"\n{len(frame)} jobs ({problems}); swept: {', '.join(swept) or '-'}")
+
+
+def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as sweep_summary.csv would hold it (same printed table when the file cannot be written)."""
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """tlrun-report's work: exit code 0, or 1 when a job failed or is unreadable. Bad input raises ConfigError
+    (one line, exit 2 via run_command); so does a sweep folder that cannot be written, after the table has
+    been printed to stdout (reading a read-only archived sweep is still useful)."""
+    sweep_dir = Path(args.sweep_dir).expanduser()
     if not sweep_dir.is_dir():
-        parser.exit(2, f"tlrun-report: error: {sweep_dir} is not a folder; pass the root of a tlrun -m sweep\n")
+        raise ConfigError(f"{sweep_dir} is not a folder; pass the root of a tlrun -m sweep")
     if not find_jobs(sweep_dir):
-        parser.exit(2, f"tlrun-report: error: no sweep jobs (*/.hydra/overrides.yaml) under {sweep_dir}; "
-                       "pass the root of a tlrun -m sweep\n")
+        raise ConfigError(f"no sweep jobs (*/.hydra/overrides.yaml) under {sweep_dir}; "
+                          "pass the root of a tlrun -m sweep")
     if args.metric:
         reported = [c for c in collect(sweep_dir)[0].columns if c in SUMMARY_METRICS]
         if args.metric not in reported:
-            parser.exit(2, f"tlrun-report: error: no job reports metric '{args.metric}'; "
-                           f"choose one of {', '.join(reported) or '(none: no job finished)'}\n")
-    report = write_report(sweep_dir, args.metric)
-    frame = pd.read_csv(report.summary)
-    from tlrun.report import markdown_table
-
-    print(markdown_table(frame.drop(columns=["run_dir"])))
-    print(f"\n{report.jobs} jobs ({report.failed} failed); swept: {', '.join(report.swept) or '-'}")
+            raise ConfigError(f"no job reports metric '{args.metric}'; "
+                              f"choose one of {', '.join(reported) or '(none: no job finished)'}")
+    try:
+        report = write_report(sweep_dir, args.metric)
+    except OSError as exc:  # read-only folder, full disk...: still show the table, then say what was not saved
+        frame, swept = collect(sweep_dir)
+        _print_table(_as_written(frame), swept, _count(frame, "failed"), _count(frame, "unreadable"))
+        raise ConfigError(f"sweep folder {sweep_dir} cannot be written ({exc.strerror or exc}): the table above "
+                          f"was not saved as {SUMMARY_FILE}; make the folder writable, or copy the sweep to a "
+                          "writable place and run tlrun-report there") from exc
+    _print_table(pd.read_csv(report.summary), report.swept, report.failed, report.unreadable)
     print(f"summary: {report.summary}")
     print(f"heatmap: {report.heatmap or '- (no metric to plot)'}")
-    if report.failed:
-        sys.exit(1)
+    return 1 if report.failed or report.unreadable else 0  # a script can tell that some job did not finish well
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point (``tlrun-report``); errors are one ``tlrun-report: error:`` line (see --help)."""
+    from tlrun.cli import run_command
+
+    args = build_parser().parse_args(argv)
+    run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

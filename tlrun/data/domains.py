@@ -48,6 +48,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tlrun.cache import is_intact, seal
 from tlrun.data.sources import DATASETS, OPENCV_DIGITS, DataRequest, ImageSet, SourceData
 from tlrun.errors import DataError
 
@@ -206,7 +207,7 @@ def cache_path(cache_dir: Path, name: str, key: str) -> Path:
 
 
 def _read_cache(path: Path, key: str, source: SourceData) -> Optional[dict[str, torch.Tensor]]:
-    if not path.is_file():
+    if not is_intact(path, f"{path.name.split('-v')[0]} cache"):
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,6 +240,7 @@ def _write_cache(path: Path, key: str, source: SourceData, pixels: dict[str, tor
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         tmp = None
+        seal(path)
     except OSError as exc:  # a read-only cache must not stop the run
         log.warning("could not cache %s (%s)", path, exc)
     finally:

@@ -165,12 +165,17 @@ def is_deterministic(augment: DictConfig) -> bool:
 
 
 def decode_image(path: Path) -> torch.Tensor:
-    """A file as a uint8 3×H×W tensor; a decode failure names the file."""
+    """A file as a uint8 3×H×W tensor: 16-bit grey scaled to 8 bits, not clipped (``imagefolder.to_rgb8``).
+    A decode failure, or a mode with no faithful 8-bit form, is one DataError naming the file."""
     from PIL import Image
+
+    from tlrun.data.imagefolder import to_rgb8
 
     try:
         with Image.open(path) as image:
-            return v2.functional.pil_to_tensor(image.convert("RGB"))
+            return v2.functional.pil_to_tensor(to_rgb8(image, path))
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot decode image {path} ({type(exc).__name__}); fix or delete it, "
                         "or set data.bad_images=skip") from exc
@@ -266,10 +271,26 @@ def batch_mixer(augment: DictConfig, num_classes: int) -> Optional[Callable]:
 
 
 def _load_source(data_cfg: DictConfig, name: str, root: Optional[str]) -> SourceData:
+    """Dataset ``name`` with data.classes applied. Every dataset of a run (data, data.target, transfer
+    images) comes through here, so here a classifier's need for 2 classes with images is enforced."""
     request = DataRequest(name=name, root=root,
                           cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
                           bad_images=data_cfg.bad_images)
-    return select_classes(load_source(request), data_cfg.get("classes"))
+    loaded = load_source(request)
+    wanted = data_cfg.get("classes")
+    source = select_classes(loaded, wanted)
+    # Classes that have images (a class whose files were all skipped as unreadable does not count).
+    labels = np.unique(np.concatenate([part.labels for part in source.parts.values()]))
+    present = [source.classes[i] for i in labels]
+    if len(present) >= 2:
+        return source
+    found = f"{len(present)} class ({', '.join(present)})" if present else "no class"
+    if wanted:
+        choices = ", ".join(loaded.classes[:10]) + (", ..." if len(loaded.classes) > 10 else "")
+        raise DataError(f"data.classes=[{','.join(str(c) for c in wanted)}] keeps images of only {found} of {name}; "
+                        f"a classifier needs at least 2 classes: list 2 or more of {choices}, or remove data.classes")
+    raise DataError(f"{name} ({source.description}) has images of only {found}; a classifier needs at least "
+                    "2 classes: use data with images of 2 or more classes")
 
 
 def load_run_data(data_cfg: DictConfig, seed: int, name: Optional[str] = None,

@@ -12,7 +12,8 @@
 * auto (default): online when data.augment draws random transforms, else cached.
 
 When no ``distill.teacher`` is given, ``distill.teacher_model`` is fine-tuned first as a stage whose
-run folder is cached by the hash of its config: a T×α sweep trains the teacher once.
+run folder is cached by the hash of its config and of its data's content: a T×α sweep trains the
+teacher once.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import tlrun
 from tlrun.artifacts import LoadedModel, load_run_model
-from tlrun.cache import cache_root, digest, file_digest, images_digest, locked
-from tlrun.checkpoint import save_atomic
+from tlrun.cache import cache_root, digest, file_digest, images_digest, is_intact, locked, remove_entry, seal
+from tlrun.checkpoint import isolated_rng, load_file, remove_stale_temp_files, save_atomic
 from tlrun.config import random_augmentations
 from tlrun.data.pipeline import (ImageDataset, ImageGeometry, PairedBatches, RunData, batch_mixer, build_transform,
                                  in_memory, left_out_images, load_run_data, make_loader)
 from tlrun.data.sources import ImageSet
 from tlrun.engine import Engine, FitResult, Placement, StepOutput, hard_labels
-from tlrun.errors import ConfigError, DataError
+from tlrun.errors import CheckpointError, ConfigError, DataError
 from tlrun.freeze import count_params
 from tlrun.methods.kd import soft_target_kl
 from tlrun.models.catalog import MODEL_DEFAULTS
@@ -160,10 +161,13 @@ def teacher_logits_mode(cfg: DictConfig) -> str:
 
 
 def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[Path, str]:
-    """Fine-tune distill.teacher_model (or reuse the cached stage with the same config), on
-    ``classes`` only when given (meta-distillation keeps the held-out classes from the teacher)."""
-    from tlrun.pipelines.finetune import run_finetune
+    """Fine-tune distill.teacher_model (or reuse the cached stage), on ``classes`` only when given
+    (meta-distillation keeps the held-out classes from the teacher).
 
+    The stage is keyed by its config *and the content of its data*, so edited images train a new teacher.
+    It runs with its own random stream seeded by ``seed`` (as a separate run would) and hands the caller
+    its RNG state back: a KD run gives the same student whether its teacher was trained now or loaded.
+    An interrupted stage resumes from its own checkpoint; a corrupt one is rebuilt."""
     cfg = ctx.cfg
     teacher_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     name = cfg.distill.teacher_model
@@ -173,25 +177,48 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     teacher_cfg.freeze.strategy = cfg.distill.teacher_freeze
     teacher_cfg.train.epochs = cfg.distill.teacher_epochs
     teacher_cfg.train.progress = cfg.train.progress
+    teacher_cfg.train.resume = None  # the student's resume is not the stage's
     teacher_cfg.distill = {"method": "none"}
     if cfg.distill.teacher_image_size:
         teacher_cfg.data.image_size, teacher_cfg.data.resize_size = cfg.distill.teacher_image_size, None
     if classes is not None:
         teacher_cfg.data.classes = list(classes)
-    # What decides the teacher's weights: model, freeze, data, training recipe, seed, code version.
+    data = load_run_data(teacher_cfg.data, cfg.seed)
+    # What decides the teacher's weights: model, freeze, data (config and content), recipe, seed, code version.
     key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
-                  | {"seed": cfg.seed, "tlrun": tlrun.__version__})
+                 | {"images": {split: images_digest(images) for split, images in data.splits.items()},
+                    "seed": cfg.seed, "tlrun": tlrun.__version__})
     stage_dir = cache_root(ctx.cfg) / "teachers" / f"{name}-{key}"
     with locked(stage_dir.with_suffix(".lock")):
-        if (stage_dir / "ft_model.pt").is_file():
+        if is_intact(stage_dir / "ft_model.pt", "teacher stage model"):
             log.info("Teacher stage: cache hit, reusing %s", stage_dir)
             return stage_dir, "stage cache hit"
-        log.info("Teacher stage: fine-tuning %s into %s", name, stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
+        resuming = (stage_dir / "checkpoints" / "last.pt").is_file() and not (stage_dir / "metrics.json").is_file()
+        if not resuming and stage_dir.exists():
+            remove_entry(stage_dir)  # what a failed or corrupt stage left: start it clean
         started = time.perf_counter()
-        run_finetune(RunContext(teacher_cfg, stage_dir, ctx.device))
+        try:
+            train_stage(ctx, teacher_cfg, stage_dir, data, resuming)
+        except CheckpointError as exc:
+            if not resuming:
+                raise
+            log.warning("Teacher stage: cannot resume %s (%s); training it again", stage_dir, exc)
+            remove_entry(stage_dir)
+            train_stage(ctx, teacher_cfg, stage_dir, data, False)
+        seal(stage_dir / "ft_model.pt")
         log.info("Teacher stage took %.1f s", time.perf_counter() - started)
-        return stage_dir, "stage trained"
+        return stage_dir, "stage resumed" if resuming else "stage trained"
+
+
+def train_stage(ctx: RunContext, teacher_cfg: DictConfig, stage_dir: Path, data: RunData, resume: bool) -> None:
+    from tlrun.pipelines.finetune import run_finetune
+
+    log.info("Teacher stage: %s %s into %s", "resuming" if resume else "fine-tuning", teacher_cfg.model.name,
+             stage_dir)
+    teacher_cfg.train.resume = str(stage_dir) if resume else None
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with isolated_rng(teacher_cfg.seed):
+        run_finetune(RunContext(teacher_cfg, stage_dir, ctx.device), data)
 
 
 @torch.inference_mode()
@@ -209,11 +236,16 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
                    "geometry": teacher.geometry.__dict__})
     path = cache_root(ctx.cfg) / "teacher_logits" / f"{key}.pt"
     with locked(path.with_suffix(".lock")):
-        if path.is_file():
-            cached = torch.load(path, weights_only=True)
-            if cached.shape[0] == len(images):
+        remove_stale_temp_files(path.parent)
+        if is_intact(path, "teacher-logit cache"):
+            cached = load_file(path, "a teacher-logit cache entry")
+            if isinstance(cached, torch.Tensor) and cached.dim() == 2 and cached.shape == (len(images), len(teacher.classes)):
                 log.info("Teacher logits (%s): cache hit (%s)", set_name, path.name)
                 return cached, "hit"
+            log.warning("Ignoring teacher-logit cache %s: it holds %s, not %d x %d logits; rebuilding it", path,
+                        tuple(cached.shape) if isinstance(cached, torch.Tensor) else type(cached).__name__,
+                        len(images), len(teacher.classes))
+            remove_entry(path)
         log.info("Teacher logits (%s): computing %d once (cache %s)", set_name, len(images), path.name)
         dataset = ImageDataset(images, build_transform(teacher.geometry, None, train=False))
         # A DataLoader iterator draws its base seed from the global RNG: without the fork, a cache miss
@@ -222,6 +254,7 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
             logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0),
                                     ctx.placement)
         save_atomic(logits, path)
+        seal(path)
         return logits, "miss"
 
 

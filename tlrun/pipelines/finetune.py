@@ -5,7 +5,9 @@ and the engine trains the rest on its cached outputs; the test set goes through 
 
 from __future__ import annotations
 
-from tlrun.data.pipeline import load_run_data
+from typing import Optional
+
+from tlrun.data.pipeline import RunData, load_run_data
 from tlrun.errors import ConfigError
 from tlrun.engine import ClassificationStep, Engine
 from tlrun.feature_cache import build_feature_cache, forward_from_features
@@ -15,9 +17,10 @@ from tlrun.progressive import fit_phases, phase_geometry
 
 
 @PIPELINES.register("finetune")
-def run_finetune(ctx: RunContext) -> dict:
+def run_finetune(ctx: RunContext, data: Optional[RunData] = None) -> dict:
+    """``data``: already loaded for this config (a teacher stage keys its cache by it), else loaded here."""
     cfg = ctx.cfg
-    data = load_run_data(cfg.data, cfg.seed)
+    data = data or load_run_data(cfg.data, cfg.seed)
     prepared = prepare_model(ctx, len(data.classes))
     phases = cfg.train.get("progressive_resizing")
     if phases and cfg.train.get("resume"):
