@@ -1,11 +1,17 @@
-"""Shared test helpers: run the real `tlrun` command in a subprocess, make tiny image folders."""
+"""Shared test helpers: run the `tlrun` command (in this process, or as a real process where the
+process is the point), make tiny image folders."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +19,68 @@ import pytest
 
 # Tiny, fast settings for end-to-end runs on 2 CPU cores.
 TINY = ["train.progress=none", "device=cpu", "device.threads=1"]
+_DEBUG_VARIABLES = ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")
 
 
 def run_tlrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")}
+    """``tlrun ARGS`` run in this process by the real entry point (``tlrun.cli.main``: the same argument
+    checks, Hydra composition, run folder and job as the console script), with its own working folder,
+    environment, argv and captured output; the exit code is what the process would exit with. Saves the
+    ~5 s of imports a fresh interpreter pays. ``timeout`` is kept for the signature of run_tlrun_process."""
+    from hydra.core.global_hydra import GlobalHydra
+    import torch
+
+    from tlrun.cli import main
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_threads = torch.get_num_threads()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    try:
+        for name in _DEBUG_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        sys.argv = ["tlrun", *args]
+        GlobalHydra.instance().clear()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code
+            except BaseException:  # what the interpreter would print before exiting 1
+                traceback.print_exc(file=sys.stderr)
+                code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for handler in root.handlers[:]:  # Hydra's job logging replaced pytest's handlers
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        torch.use_deterministic_algorithms(False)  # device.deterministic=true is process-wide
+        torch.set_num_threads(saved_threads)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1
+        stderr.write(f"{code}\n")
+        code = 1
+    return subprocess.CompletedProcess(["tlrun", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_tlrun_process(args: list[str], cwd: Path, env: dict | None = None,
+                      timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m tlrun ARGS`` as a real process: for what only a process shows (the interpreter's own
+    exit, signals, imports of a fresh interpreter, packaging)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in _DEBUG_VARIABLES}
     full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
     return subprocess.run([sys.executable, "-m", "tlrun", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

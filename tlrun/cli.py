@@ -207,6 +207,30 @@ def validate_composed(overrides: list[str]) -> None:
     validate_config(cfg)
 
 
+def print_group_help(argv: list[str]) -> bool:
+    """``tlrun --help NAME...`` (or ``-h NAME``): print the options and keys of config groups, sections or
+    dotted keys (``tlrun.reference.group_help``) and return True; an unknown name is one error line (exit 2).
+    False when no bare name follows the flag, so plain ``tlrun --help`` stays Hydra's own help."""
+    flags = [i for i, arg in enumerate(argv) if arg in ("--help", "-h")]
+    names = []
+    for arg in argv[flags[0] + 1:] if flags else []:
+        if arg.startswith("-") or "=" in arg:
+            break
+        names.append(arg)
+    if not names:
+        return False
+    from tlrun.reference import group_help
+
+    try:
+        text = "\n".join(group_help(name) for name in names)
+    except TlrunError as exc:
+        if debug_mode():
+            raise
+        fail(str(exc), exc.exit_code)
+    print(text, end="")
+    return True
+
+
 def _run_task(cfg: Any) -> Any:
     from tlrun.runner import run_job
 
@@ -218,6 +242,9 @@ def _run_task(cfg: Any) -> Any:
 
 def main() -> None:
     """Console entry point (``tlrun``)."""
+    # tlrun --help <group or key>: that group's options and keys with their help (tlrun.reference).
+    if print_group_help(sys.argv[1:]):
+        sys.exit(0)
     import hydra
     from hydra._internal.utils import get_args_parser
 
