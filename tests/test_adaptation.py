@@ -65,13 +65,13 @@ def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: st
         assert 0 < history["lambda"].iloc[0] < history["lambda"].iloc[-1] <= 1.0
     metrics = read_metrics(run_dir)
     assert metrics["pipeline"] == {"none": "source_only"}.get(method, method)
-    for key in ["source_test_acc", "target_acc", "target_acc_last"]:
-        assert 0.0 <= metrics[key] <= 1.0
+    # The selected checkpoint's target accuracy is the history's at the best source-val epoch.
+    assert metrics["target_acc"] == pytest.approx(history["target_acc"].iloc[metrics["best_epoch"] - 1])
     assert metrics["target_acc_last"] == pytest.approx(history["target_acc"].iloc[-1])
     for stage in ("domain_gap_before", "domain_gap_after"):
         assert set(metrics[stage]) == {"mmd", "a_distance"}
     if method == "dann":  # the game's last state, the same figures as the history's last row
-        assert 0.0 <= history["discriminator_active"].min() <= history["discriminator_active"].max() <= 1.0
+        assert 0.0 < history["discriminator_active"].max() <= 1.0  # a live first layer, as a fraction
         assert metrics["domain_acc_last"] == pytest.approx(history["domain_acc"].iloc[-1])
         assert metrics["discriminator_active_last"] == pytest.approx(history["discriminator_active"].iloc[-1])
     else:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, assert_one_line_error, make_image_folder, run_dirs, run_tlrun
+from conftest import (TINY, assert_one_line_error, make_image_folder, read_metrics, run_dirs, run_tlrun,
+                      run_tlrun_process)
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -76,8 +77,12 @@ def test_device_cuda_without_gpu(tmp_path: Path):
     assert_one_line_error(result, "device=cuda")
 
 
-def test_debug_flag_shows_traceback(tmp_path: Path):
-    result = run_tlrun(["train.epoch=3"], tmp_path, env={"TLRUN_DEBUG": "1"})
+def test_real_entry_point_exit_codes_and_debug_traceback(tmp_path: Path):
+    # A fresh interpreter: the console entry point's exit code, its one line, and the full trace on request.
+    result = run_tlrun_process(["train.epoch=3"], tmp_path)
+    assert_one_line_error(result, "unknown key 'train.epoch'")
+    assert result.returncode == 2 and not (tmp_path / "outputs").exists()
+    result = run_tlrun_process(["train.epoch=3"], tmp_path, env={"TLRUN_DEBUG": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr
 
@@ -94,7 +99,8 @@ def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path: Path):
     assert (sweep / "1" / "metrics.json").is_file()  # the good job still ran
     summary = pd.read_csv(sweep / "sweep_summary.csv")
     assert summary["status"].tolist() == ["failed", "ok"] and summary["data"].tolist() == ["imagefolder", "digits"]
-    assert "data.root" in summary.loc[0, "error"] and summary.loc[1, "test_acc"] >= 0
+    assert "data.root" in summary.loc[0, "error"]
+    assert summary.loc[1, "test_acc"] == read_metrics(sweep / "1")["test_acc"]  # the job's own figure
 
 
 def test_download_dataset_offline_gives_one_line(tmp_path: Path):

@@ -77,7 +77,9 @@ def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     for m in metrics:
         assert m["compression_ratio"] == pytest.approx(m["params_teacher"] / m["params_student"])
         assert m["latency_ms_teacher"] > 0 and m["latency_ms_student"] > 0
-        assert 0 <= m["teacher_test_acc"] <= 1 and m["student_test_acc"] == m["test_acc"]
+        assert m["student_test_acc"] == m["test_acc"]
+    # One teacher (trained once, then the cached stage): the same test accuracy in both runs.
+    assert metrics[0]["teacher_test_acc"] == metrics[1]["teacher_test_acc"]
     history = pd.read_csv(runs[0] / "ft_history.csv")
     assert {"kd_loss", "ce_loss"} <= set(history.columns)
     assert len(list((tmp_path / "cache" / "teachers").glob("*/ft_model.pt"))) == 1

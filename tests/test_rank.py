@@ -27,7 +27,8 @@ def test_rank_csv_and_table(tmp_path, capsys):
     assert table["logme"].is_monotonic_decreasing
     assert set(table["model"]) == {"lenet", "small_resnet"}
     assert (table["images"] == len(table) * 0 + table["images"].iloc[0]).all() and table["images"].iloc[0] > 40
-    assert (table["leep"] <= 0).all() and (table["extract_s"] >= 0).all()
+    # LEEP is a mean log-likelihood (<= 0); each model's features took measurable time to extract.
+    assert (table["leep"] < 0).all() and (table["extract_s"] > 0).all()
     assert "| 1 |" in out
 
 
