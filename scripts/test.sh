@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Set up (as README says) and run the test suite. Extra arguments go to pytest.
+# Set up (as README says) and run the test suite: one pytest worker per CPU core (pytest-xdist), the 15
+# slowest tests listed at the end. TESTS=slow runs the slow tier instead (the benchmark scripts end to end;
+# .ci/run runs both), TESTS=all both at once. Extra arguments go to pytest (e.g. -k resume, -n 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-"${VENV:-.venv}/bin/python" -m pytest -q "$@"
+case "${TESTS:-fast}" in
+  fast) markers=(-m "not slow") ;;
+  slow) markers=(-m slow) ;;
+  all) markers=() ;;
+  *) echo "test.sh: TESTS must be fast, slow or all" >&2; exit 2 ;;
+esac
+"${VENV:-.venv}/bin/python" -m pytest -q -n auto --durations=15 "${markers[@]}" "$@"

@@ -15,13 +15,16 @@ from omegaconf import OmegaConf
 from conftest import make_image_folder, read_metrics
 from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+BENCHMARKS = ROOT / "benchmarks"  # benchmarks/<name>/bench_<name>.py (+ .sh), each beside its README
 TLRUN = f"{sys.executable} -m tlrun"
 
 
 def run_script(name: str, env: dict, *args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHON": sys.executable, "TLRUN": TLRUN, "PYTHONWARNINGS": "ignore", **env}
-    return subprocess.run(["bash", str(SCRIPTS / name), *args], cwd=cwd, env=full, capture_output=True, text=True,
+    script = ROOT / name if "/" in name else SCRIPTS / name  # "benchmarks/da/bench_da.sh" or a scripts/ name
+    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=full, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -38,10 +41,11 @@ def test_finetune_folder_script(tmp_path: Path):
 
 
 @pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_da_script(tmp_path: Path):
     env = {"PAIRS": "cvdigits:cvdigits_m", "SEEDS": "0", "EPOCHS": "1", "JOBS": "2", "OUT": str(tmp_path / "da"),
            "EXTRA": "data.max_per_class=8 data.image_size=16"}
-    result = run_script("bench_da.sh", env, cwd=tmp_path)
+    result = run_script("benchmarks/da/bench_da.sh", env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = pd.read_csv(tmp_path / "da" / "bench_da.csv")
     assert sorted(runs["method"]) == ["dann", "mmd", "oracle", "source_only"]
@@ -56,11 +60,12 @@ def test_bench_da_script(tmp_path: Path):
         assert (train.optimizer, train.lr, train.scheduler) == ("adam", 1e-3, "none")
 
 
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
     env = {"DATA": "digits", "SEEDS": "0", "EPOCHS": "1", "OUT": str(tmp_path / "kd"), "DEVICE": "cpu",
            "EXTRA": "data.max_per_class=8 device.threads=1", "TEACHER_EPOCHS": "1", "TEACHER_SIZE": "32",
            "SWEEP_EPOCHS": "1", "KD_EXTRA": "distill.transfer_images=30 train.epochs=1"}
-    result = run_script("bench_kd.sh", env, cwd=tmp_path)
+    result = run_script("benchmarks/kd/bench_kd.sh", env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "kd" / "bench_kd.csv")) == 2
     assert read_metrics(tmp_path / "kd" / "runs" / "kd-seed0")["transfer_images"] == 30  # KD_EXTRA: KD only
@@ -72,13 +77,14 @@ def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
     assert cost["teacher_logits"] == "cached"
 
 
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_meta_script(tmp_path: Path):
     env = {"DATA": "digits", "EPOCHS": "1", "EPISODES": "3", "OUT": str(tmp_path / "meta"), "DEVICE": "cpu",
            "EXTRA": "data.max_per_class=60 data.image_size=16 device.threads=1 distill.episodes_per_epoch=4 "
                     "distill.meta_batch=2 distill.val_episodes=2 distill.inner_steps=1 distill.eval_inner_steps=1 "
                     "distill.teacher_model=lenet distill.teacher_epochs=1 distill.teacher_image_size=16 "
                     "distill.n_query=3"}
-    result = run_script("bench_meta.sh", env, "--only", "0,1,3", cwd=tmp_path)
+    result = run_script("benchmarks/meta/bench_meta.sh", env, "--only", "0,1,3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(tmp_path / "meta" / "bench_meta.csv")
     assert table["mode"].tolist() == ["maml", "meta_distill", "protonet"]
@@ -119,11 +125,12 @@ def make_split_folder(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_speed_script(tmp_path: Path):
     root = make_split_folder(tmp_path / "shapes", per_class=4)
     out = tmp_path / "speed"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_speed.py"), "--root", str(root), "--out", str(out),
-                             "--benches", "all,kd,data,layout", "--epochs-all", "1", "--epochs", "1",
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "speed" / "bench_speed.py"), "--root", str(root),
+                             "--out", str(out), "--benches", "all,kd,data,layout", "--epochs-all", "1", "--epochs", "1",
                              "--batch-size", "4", "--eval-batch-size", "8", "--kd-student", "lenet"],
                             capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -135,11 +142,12 @@ def test_bench_speed_script(tmp_path: Path):
     assert "| bench | side |" in result.stdout
 
 
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_imagefolder_script(tmp_path: Path):
     root = make_image_folder(tmp_path / "shapes", per_class=8)
     out = tmp_path / "imagefolder"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_imagefolder.py"), "--root", str(root),
-                             "--models", "lenet", "--freezes", "none", "--epochs", "1", "--out", str(out),
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "imagefolder" / "bench_imagefolder.py"), "--root",
+                             str(root), "--models", "lenet", "--freezes", "none", "--epochs", "1", "--out", str(out),
                              "--extra", "device=cpu device.threads=1 data.image_size=16"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -148,9 +156,10 @@ def test_bench_imagefolder_script(tmp_path: Path):
     assert json.loads((out / "lenet-none-s0" / "metrics.json").read_text())["test_acc"] == table["test_acc"][0]
 
 
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_rank_script(tmp_path: Path):
     out = tmp_path / "rank"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_rank.py"), "--data", "digits", "--models",
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "rank" / "bench_rank.py"), "--data", "digits", "--models",
                              "mobilenet_v2", "--image-size", "32", "--max-per-class", "6", "--epochs", "1",
                              "--out", str(out)],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -490,3 +490,121 @@ def test_paths_with_tilde_and_spaces_are_taken_as_typed(tmp_path: Path, monkeypa
                         "train.epochs=1", *TINY], tmp_path, env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert read_metrics(run_dirs(tmp_path)[0])["train_size"] > 0
+
+
+# --- 7. what an adversarial pass found after the first fixes --------------------------------------
+
+def test_resume_of_a_folder_with_spaces_and_a_shell_safe_resume_command(tmp_path: Path):
+    import shlex
+
+    run = tmp_path / "a b (1)"
+    patch = ("import tlrun.pipelines.common as c\n_plot = c.plot_curves\n"
+             "def plot(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return _plot(*a, **k)\n"
+             "c.plot_curves = plot\n")
+    stopped = run_wrapper(fault_wrapper(tmp_path, patch), [*LENET, f"hydra.run.dir={run}"], tmp_path)
+    assert stopped.returncode == 75, stopped.stderr
+    command = shlex.split(read_metrics(run)["resume_with"])  # what the user pastes into a shell
+    assert command[0] == "tlrun" and command[-1] == f"train.resume={run}"
+    resumed = run_tlrun(command[1:], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "ft_model.pt").is_file() and "status" not in read_metrics(run)
+
+
+def test_a_full_disk_at_a_checkpoint_leaves_a_run_that_resumes_to_the_end(tmp_path: Path, monkeypatch):
+    from tlrun import engine as engine_module
+
+    run = tmp_path / "run"
+    args = [*LENET, "train.epochs=3", f"hydra.run.dir={run}"]
+    real_save = engine_module.save_atomic
+
+    def full_at_epoch_two(obj, path):  # the first checkpoint write of epoch 2 (best.pt if it improved)
+        if obj["epoch"] >= 2:
+            raise CheckpointError(f"could not write {path}: the disk is full (nothing was written)")
+        real_save(obj, path)
+
+    monkeypatch.setattr(engine_module, "save_atomic", full_at_epoch_two)
+    failed = run_tlrun(args, tmp_path)
+    assert_one_line_error(failed, "the disk is full")
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (run / "checkpoints" / "best.pt").is_file() and state["best"]["epoch"] <= state["epoch"]
+    monkeypatch.setattr(engine_module, "save_atomic", real_save)  # space freed
+    resumed = run_tlrun([*args, f"train.resume={run}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((run / "ft_history.csv").read_text().splitlines()) == 4  # header + 3 epochs, none twice
+
+
+def test_a_second_signal_while_stopping_still_exits_75(tmp_path: Path):
+    run = tmp_path / "run"
+    process = start([*RESUMABLE, "train.epochs=50", f"hydra.run.dir={run}"], tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and history_rows("run/ft_history.csv", tmp_path) < 1:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert read_metrics(run)["status"] == "interrupted"
+
+
+def test_resume_refusals_found_later(tmp_path: Path, finished_run: Path):
+    from tlrun.rundir import override_differences
+
+    # A sweep cannot resume one folder.
+    swept = run_tlrun(["-m", *LENET, f"train.resume={finished_run}"], tmp_path)
+    assert_one_line_error(swept, "drop -m")
+    assert not (tmp_path / "multirun").exists()
+    # A fine-tuning checkpoint placed by hand is not continued as a KD run.
+    placed = tmp_path / "placed"
+    (placed / "checkpoints").mkdir(parents=True)
+    (placed / "checkpoints" / "last.pt").write_bytes((finished_run / "checkpoints" / "last.pt").read_bytes())
+    kd = run_tlrun([*KD_STAGE, f"data.cache_dir={tmp_path / 'cache'}", f"train.resume={placed}"], tmp_path)
+    assert_one_line_error(kd, "written by the finetune pipeline, not kd")
+    # Harmless spellings of the same run are not differences.
+    assert override_differences(["model=lenet", "train.lr=1e-3"], ["model=lenet", "train.lr=0.001", "seed=0"]) == []
+    assert override_differences(["model=lenet"], ["model=lenet", "seed=1"]) == ["seed=1 (the run has 0)"]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.split=[nan,0.5,0.5]", "finite"),
+    ("adaptation.mmd_multipliers=[-1]", "positive bandwidth"),
+    ("adaptation.mmd_multipliers=[]", "positive bandwidth"),
+    ("data.std=[inf]", "finite"),
+    ("data.mean=[nan]", "finite"),
+    ("train.progressive_resizing=[{image_size:16,epochs:1,lr:nan}]", "lr must be > 0"),
+    ("train.lr=nan", "finite"),
+])
+def test_non_finite_and_empty_values_are_refused(override: str, needle: str):
+    with pytest.raises(ConfigError, match=needle):
+        check_overrides([override])
+
+
+def test_too_few_images_to_split_is_one_line(tmp_path: Path):
+    root = make_image_folder(tmp_path / "two", classes=("circle", "square"), per_class=1, size=24)
+    result = run_tlrun(["data=imagefolder", f"data.root={root}", *LENET], tmp_path)
+    assert_one_line_error(result, "too few to split")
+    assert run_dirs(tmp_path) == []
+
+
+def test_resealed_wrong_cache_entries_are_rebuilt_not_trusted(tmp_path: Path, caplog):
+    marker = tmp_path / "pwned"
+    cache_dir = tmp_path / "cache"
+    features = ["model=lenet", "data.image_size=16", "data.max_per_class=12", "train.epochs=1", "freeze=all",
+                f"data.cache_dir={cache_dir}", *TINY]
+    first = run_in_process(features, tmp_path / "first")
+    train_npy = Path(first["feature_cache"]["train"]["file"])
+    np.save(train_npy, np.zeros((3, 4), dtype=np.float32))  # the wrong shape, resealed as if written by tlrun
+    cache.seal(train_npy)
+    second = run_in_process(features, tmp_path / "second")
+    assert second["feature_cache"]["train"]["status"] == "miss" and second["test_acc"] == first["test_acc"]
+    kd = [*KD_STAGE, f"data.cache_dir={cache_dir}"]
+    run_in_process(kd, tmp_path / "kd1")
+    for logits in (cache_dir / "teacher_logits").glob("*.pt"):
+        torch.save(CodeRunner(marker), logits)
+        cache.seal(logits)
+    (stage,) = (cache_dir / "teachers").glob("lenet-*/")
+    plant_pickle(stage / "ft_model.pt", marker, model_name="lenet")
+    cache.seal(stage / "ft_model.pt")
+    again = run_in_process(kd, tmp_path / "kd2")
+    assert not marker.exists() and again["teacher_logits_cache"] == "miss"
+    assert "Ignoring teacher stage" in caplog.text

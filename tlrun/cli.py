@@ -188,23 +188,29 @@ def check_new_run(overrides: list[str], compose: bool = True) -> None:
         validate_composed([a for a in overrides if not a.startswith(("hydra.", "hydra/"))])
 
 
-def validate_composed(overrides: list[str]) -> None:
-    """Compose the run's config as Hydra will (without its own hydra node) and validate it."""
+def compose_config(overrides: list[str]) -> Any:
+    """The run's config as Hydra will compose it (without its own hydra node); ConfigError if it cannot."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from tlrun.config import validate_config
     from tlrun.errors import ConfigError
 
+    task = [a for a in overrides if not a.startswith(("hydra.", "hydra/"))]
     try:
         with initialize_config_module("tlrun.conf", version_base="1.3"):
-            cfg = compose(CONFIG_NAME, overrides=overrides)
+            return compose(CONFIG_NAME, overrides=task)
     except HydraException as exc:  # Hydra's own message is one clear line; keep it
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
     finally:
         GlobalHydra.instance().clear()
-    validate_config(cfg)
+
+
+def validate_composed(overrides: list[str]) -> None:
+    """Compose the run's config as Hydra will and validate it (before Hydra writes anything)."""
+    from tlrun.config import validate_config
+
+    validate_config(compose_config(overrides))
 
 
 def print_group_help(argv: list[str]) -> bool:
@@ -242,6 +248,13 @@ def _run_task(cfg: Any) -> Any:
 
 def main() -> None:
     """Console entry point (``tlrun``)."""
+    from tlrun.interrupts import INTERRUPTS
+
+    with INTERRUPTS.before_job():
+        _main()
+
+
+def _main() -> None:
     # tlrun --help <group or key>: that group's options and keys with their help (tlrun.reference).
     if print_group_help(sys.argv[1:]):
         sys.exit(0)
@@ -258,7 +271,8 @@ def main() -> None:
             args = get_args_parser().parse_args(argv)
             overrides = quote_path_values(args.overrides)
             check_overrides(overrides)
-            resolved = scratch_for_other_ranks(resolve_resume(overrides))
+            # Paths resolve_resume adds (the run folder) are quoted for Hydra like the user's own.
+            resolved = scratch_for_other_ranks(quote_path_values(resolve_resume(overrides, args.multirun)))
             starts_a_run = not (args.multirun or args.help or args.hydra_help or args.cfg)
             if starts_a_run and not any(a.startswith("train.resume=") for a in resolved):
                 # With the user's own primary config (--config-name/-cp/-cd) the job validates it instead.

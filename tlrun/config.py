@@ -158,6 +158,8 @@ class AdaptationConfig:
                                            help="dann: discriminator learning rate = train.lr x this (its own "
                                                 "parameter group, same schedule)")
     mmd_multipliers: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], metadata={
+        "validator": lambda v: None if v and all(x > 0 for x in v) else
+        "give one or more positive bandwidth multipliers, e.g. adaptation.mmd_multipliers=[0.5,1,2]",
         "help": "mmd: Gaussian kernel bandwidths = multiplier x the batch's mean pairwise squared distance "
                 "(DAN: 5 kernels)"})
     mmd_estimator: str = choice("quadratic", ("quadratic", "linear"),
@@ -340,7 +342,8 @@ def _check_phases(phases: Any) -> Optional[str]:
             return f"phase {index}: image_size must be a whole number >= 8"
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             return f"phase {index}: epochs must be a whole number >= 1"
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                               or lr <= 0):
             return f"phase {index}: lr must be > 0 (or null for train.lr)"
     return None
 
@@ -490,7 +493,8 @@ _TYPE_CHECKS = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), "a string"),
     "List[float]": (lambda v: isinstance(v, (list, tuple)) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v), "a list of numbers"),
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v),
+        "a list of finite numbers"),
 }
 
 

@@ -195,7 +195,8 @@ class Engine:
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
                  auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None,
-                 validate: Optional[Callable[[], EvalResult]] = None, resume: Optional[Path] = None) -> None:
+                 validate: Optional[Callable[[], EvalResult]] = None, resume: Optional[Path] = None,
+                 pipeline: str = "") -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -210,6 +211,7 @@ class Engine:
         # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
         self.auxiliary = auxiliary
         self.checkpoint_extra = checkpoint_extra or {}
+        self.pipeline = pipeline  # recorded in checkpoints: a resume by another method is refused
         # Per-epoch validation; pipelines whose evaluation is not one forward pass (few-shot episodes
         # adapt the model first) pass their own, else val_loader is evaluated.
         self.validate = validate or (lambda: self.evaluate(self.val_loader))
@@ -337,6 +339,7 @@ class Engine:
                 "history": [plain(row) for row in self.history],
                 "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else None,
                 "scaler": self.scaler.state_dict(), "stream_rng": capture_stream_rng(self.train_loader),
+                "pipeline": self.pipeline,
                 **self.checkpoint_extra}
 
     def _restore(self) -> tuple[int, dict]:
@@ -344,6 +347,9 @@ class Engine:
         state and every RNG, so the rest of the run is what it would have been without the stop."""
         path = self.resume / "checkpoints" / "last.pt"
         state = load_file(path, "a tlrun checkpoint", self.placement.device)
+        if self.pipeline and state.get("pipeline", self.pipeline) != self.pipeline:
+            raise CheckpointError(f"{path} was written by the {state['pipeline']} pipeline, not {self.pipeline}; "
+                                  "resume with the overrides of that run")
         try:
             self.model.load_state_dict(state["model"])
             if self.auxiliary is not None:
@@ -409,7 +415,6 @@ class Engine:
         row["data_time_s"] = self.timings["data_time_s"]
         row["compute_time_s"] = self.timings["compute_time_s"] + self.eval_forward_s
         self.history.append(row)
-        self.write_history()
         improved = val.acc > best["val_acc"] + self.min_delta
         if improved:
             best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0)
@@ -418,9 +423,12 @@ class Engine:
         stop = self.patience is not None and best["stale"] >= self.patience
         best["stopped_early"] = stop
         state = self._checkpoint_state(epoch, best)
-        save_atomic(state, self.checkpoint_dir / "last.pt")
+        # best.pt before last.pt, and the history last: a write that fails (disk full) leaves last.pt at an
+        # epoch whose best.pt exists, so the resume that follows can always finish.
         if improved:
             save_atomic(state, self.checkpoint_dir / "best.pt")
+        save_atomic(state, self.checkpoint_dir / "last.pt")
+        self.write_history()
         progress.end_epoch(row)
         if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
             raise RunInterrupted(INTERRUPTS.received or "a signal to another rank", epoch)

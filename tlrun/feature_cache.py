@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tlrun.cache import cache_root, digest, images_digest, is_intact, locked, seal, tensors_digest
+from tlrun.cache import cache_root, digest, images_digest, is_intact, locked, remove_entry, seal, tensors_digest
 from tlrun.config import random_augmentations
 from tlrun.checkpoint import remove_stale_temp_files
 from tlrun.data.pipeline import ImageDataset, make_loader
@@ -243,6 +243,25 @@ def _write_features(model: nn.Module, cut: Cut, dataset: ImageDataset, placement
             tmp.unlink()
 
 
+def _intact_features(path: Path, rows: int) -> Optional[np.ndarray]:
+    """The sealed entry at ``path`` memory-mapped, or None (removed with a warning) when it is missing,
+    corrupt, or not ``rows`` float32 rows (an entry resealed by hand: never trusted, never unpickled)."""
+    if not is_intact(path, "feature cache"):
+        return None
+    try:
+        stored = np.load(path, mmap_mode="r")  # allow_pickle stays False: object arrays are refused
+    except ValueError as exc:
+        stored, why = None, str(exc)
+    else:
+        why = f"it holds {stored.dtype} {stored.shape}, not {rows} float32 rows"
+        if stored.dtype == np.float32 and stored.ndim >= 2 and stored.shape[0] == rows:
+            return stored
+    log.warning("Ignoring feature cache %s: %s; rebuilding it", path, why)
+    del stored
+    remove_entry(path)
+    return None
+
+
 def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageDataset, placement: Placement,
                     split: str) -> tuple[Any, dict]:
     """The prefix outputs of ``dataset`` (computed once per key), in memory when they fit."""
@@ -251,13 +270,12 @@ def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageD
     started = time.perf_counter()
     with locked(path.with_suffix(".lock")):
         remove_stale_temp_files(path.parent)
-        status = "hit" if is_intact(path, "feature cache") else "miss"
-        if status == "miss":
+        stored = _intact_features(path, len(dataset))
+        status = "hit" if stored is not None else "miss"
+        if stored is None:
             _write_features(model, cut, dataset, placement, path)
             seal(path)
-        stored = np.load(path, mmap_mode="r")
-    if stored.shape[0] != len(dataset):  # a sealed entry of another set cannot have this key; be explicit
-        raise ValueError(f"feature cache {path} holds {stored.shape[0]} rows for {len(dataset)} images")
+            stored = np.load(path, mmap_mode="r")
     in_memory = stored.nbytes <= cfg.train.cache_features_memory_mb * 2**20
     features: Any = torch.from_numpy(np.array(stored)) if in_memory else stored
     info = {"status": status, "storage": "memory" if in_memory else "disk", "mb": round(stored.nbytes / 2**20, 1),

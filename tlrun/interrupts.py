@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from typing import Any, Iterator, Optional
 
@@ -35,6 +36,9 @@ class Interrupts:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self._modes and self._modes[-1] == "shielded":
+            log.warning("%s received again: tlrun is already stopping", name)
+            return
         if self._modes and self._modes[-1] == "deferred":
             if self.received and signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -49,7 +53,8 @@ class Interrupts:
     def _scope(self, mode: str) -> Iterator["Interrupts"]:
         outermost = not self._modes
         if outermost:
-            self.received = None
+            if mode != "shielded":
+                self.received = None
             if threading.current_thread() is threading.main_thread():
                 self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         self._modes.append(mode)
@@ -61,6 +66,35 @@ class Interrupts:
                 for sig, handler in self._previous.items():
                     signal.signal(sig, handler)
                 self._previous = {}
+
+    def shielded(self) -> contextlib.AbstractContextManager:
+        """While the process records an interruption and stops, further signals are only logged."""
+        return self._scope("shielded")
+
+    @contextlib.contextmanager
+    def before_job(self) -> Iterator[None]:
+        """Around the whole command: before the job starts (imports, composing, Hydra's setup) SIGTERM or
+        SIGUSR1 ends the process at once with exit 75 and one line, since nothing was written that a resume
+        could continue; the job's own scope takes over inside."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, _frame: Any) -> None:
+            print(f"tlrun: interrupted by {signal.Signals(signum).name} before the run started; nothing to "
+                  "resume: run the command again", file=sys.stderr)
+            raise SystemExit(RunInterrupted.exit_code)
+
+        previous = {sig: signal.signal(sig, stop) for sig in SIGNALS if sig != signal.SIGINT}
+        try:
+            yield
+        except SystemExit as exit_:
+            if exit_.code == RunInterrupted.exit_code:  # stopping after an interruption: a repeated signal
+                previous = {sig: signal.SIG_IGN for sig in previous}  # must not kill the exit with 143
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def job(self) -> contextlib.AbstractContextManager:
         """A whole job: a signal outside training interrupts at once."""

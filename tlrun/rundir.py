@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from tlrun.errors import ConfigError
+from tlrun.paths import check_can_create
 
 # Files that make a folder a run's results: never overwritten.
 RESULT_FILES = ("metrics.json", "ft_history.csv", "ft_model.pt")
@@ -128,11 +129,27 @@ def _as_dict(overrides: list[str]) -> dict[str, str]:
             if key.lstrip("+") not in RESUME_FREE_KEYS and not key.startswith(("hydra.", "hydra/"))}
 
 
+def _flat(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
 def override_differences(recorded: list[str], given: list[str]) -> list[str]:
-    """Keys whose value differs between a run's recorded overrides and this command's (free keys aside)."""
-    before, now = _as_dict(recorded), _as_dict(given)
+    """Keys whose composed value differs between a run's recorded overrides and this command's (free keys
+    aside): ``seed=0`` given explicitly is the run's default seed, ``1e-3`` is ``0.001``. Overrides that no
+    longer compose are compared as written."""
+    from omegaconf import OmegaConf
+
+    from tlrun.cli import compose_config
+
+    try:
+        before, now = (_flat(OmegaConf.to_container(compose_config(o), resolve=True)) for o in (recorded, given))
+    except Exception:  # noqa: BLE001 - e.g. a group option removed since the run started
+        before, now = _as_dict(recorded), _as_dict(given)
     return [f"{key}={now.get(key, '<unset>')} (the run has {before.get(key, '<unset>')})"
-            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+            for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key) and key not in RESUME_FREE_KEYS]
 
 
 def check_same_overrides(run_dir: Path, given: list[str], asked: str) -> None:
@@ -164,7 +181,14 @@ def _holds_a_run(folder: Path) -> bool:
     return resumable(folder) or any((folder / name).exists() for name in RESULT_FILES)
 
 
-def resolve_resume(argv: list[str]) -> list[str]:
+def unquote(value: str) -> str:
+    """A value as the user meant it: without the quotes Hydra's grammar needs (``'a b (1)'`` -> ``a b (1)``)."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def resolve_resume(argv: list[str], multirun: bool = False) -> list[str]:
     """train.resume=<run folder|checkpoint|auto> → the run goes on in that folder (hydra.run.dir).
 
     ``auto`` picks the newest resumable run under outputs/ whose overrides equal this command's (apart from
@@ -174,11 +198,11 @@ def resolve_resume(argv: list[str]) -> list[str]:
     given = [a for a in argv if a.startswith("train.resume=")]
     if not given or given[-1].split("=", 1)[1] in ("", "null"):
         return argv
-    value = given[-1].split("=", 1)[1]
+    value = unquote(given[-1].split("=", 1)[1])
     rest = [a for a in argv if not a.startswith("train.resume=")]
-    if "-m" in rest or "--multirun" in rest:
+    if multirun:
         raise ConfigError("train.resume continues one run: drop -m (resume each job of a sweep on its own)")
-    fixed = [a.split("=", 1)[1] for a in rest if a.startswith("hydra.run.dir=")]
+    fixed = [unquote(a.split("=", 1)[1]) for a in rest if a.startswith("hydra.run.dir=")]
     rest = [a for a in rest if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     fixed_dir = Path(fixed[-1]).expanduser().resolve() if fixed else None
     if fixed_dir is not None and (value == "auto" or Path(value).expanduser().resolve() == fixed_dir):
@@ -207,6 +231,7 @@ def resolve_resume(argv: list[str]) -> list[str]:
                               f"hydra.run.dir={fixed[-1]} names another; drop hydra.run.dir or give the same folder")
     check_resumable(folder, value)
     check_same_overrides(folder, rest, value)
+    check_can_create(folder, "train.resume")  # the resume writes into it (a read-only disk is refused here)
     print(f"tlrun: resuming {folder}", file=sys.stderr)
     # The run's own .hydra/ record stays as it was written when the run started.
     return [*rest, f"train.resume={folder}", f"hydra.run.dir={folder}", "hydra.output_subdir=null"]

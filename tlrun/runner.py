@@ -94,8 +94,10 @@ def _record_interruption(run_dir: Path, exc: RunInterrupted) -> str:
     line printed for the user."""
     from hydra.core.hydra_config import HydraConfig
 
+    import shlex
+
     overrides = [a for a in HydraConfig.get().overrides.task if not a.startswith(("train.resume=", "hydra."))]
-    command = " ".join(["tlrun", *overrides, f"train.resume={run_dir}"])
+    command = " ".join(["tlrun", *map(shlex.quote, overrides), shlex.quote(f"train.resume={run_dir}")])
     saved = "checkpoints/last.pt keeps the last completed epoch" if has_checkpoint(run_dir) else \
         "no epoch of this run was saved yet, so the resume starts its training again (a teacher stage " \
         "resumes from its own checkpoint)"
@@ -190,12 +192,14 @@ def run_job(cfg: DictConfig) -> dict:
     except RunInterrupted as exc:
         if debug_mode():
             raise
-        if run_status(run_dir) == "ok":  # the signal came after the results were complete: keep them
-            print(f"tlrun: {exc}, after the run had finished; its results in {run_dir} are complete", file=sys.stderr)
-            return json.loads((run_dir / "metrics.json").read_text())
-        message = _record_interruption(run_dir, exc)
-        _update_sweep_summary()
-        print(message, file=sys.stderr)
+        with INTERRUPTS.shielded():  # a second signal while the interruption is recorded must not cut it short
+            if run_status(run_dir) == "ok":  # the signal came after the results were complete: keep them
+                print(f"tlrun: {exc}, after the run had finished; its results in {run_dir} are complete",
+                      file=sys.stderr)
+                return json.loads((run_dir / "metrics.json").read_text())
+            message = _record_interruption(run_dir, exc)
+            _update_sweep_summary()
+            print(message, file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - every failure is reported; bugs keep their traceback
         described = describe_failure(exc)

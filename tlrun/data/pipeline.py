@@ -69,7 +69,11 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         kept, taken = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError:  # a class too small to appear in both parts
         log.warning("Some classes have too few images to stratify; splitting at random")
-        kept, taken = train_test_split(index, test_size=fraction, random_state=seed)
+        try:
+            kept, taken = train_test_split(index, test_size=fraction, random_state=seed)
+        except ValueError:  # too few images for this fraction at all
+            raise DataError(f"{len(labels)} images are too few to split off a {fraction:.0%} part (data.split); "
+                            "add images, or give the data train/ val/ test/ folders") from None
     return np.sort(kept), np.sort(taken)
 
 

@@ -126,8 +126,10 @@ def device_settings(ctx: RunContext) -> dict:
 
 def engine_options(cfg: DictConfig) -> dict:
     """The Engine keyword arguments that come straight from train.*."""
+    from tlrun.runner import select_pipeline
+
     train = cfg.train
-    return dict(epochs=train.epochs, scheduler=train.scheduler, warmup_epochs=train.warmup_epochs,
+    return dict(pipeline=select_pipeline(cfg), epochs=train.epochs, scheduler=train.scheduler, warmup_epochs=train.warmup_epochs,
                 step_size=train.step_size, gamma=train.gamma, grad_clip=train.grad_clip,
                 patience=train.early_stopping.patience, min_delta=train.early_stopping.min_delta,
                 progress=train.progress, resume=Path(train.resume) if train.resume else None)

@@ -40,7 +40,7 @@ from tlrun.data.pipeline import (ImageDataset, ImageGeometry, PairedBatches, Run
                                  in_memory, left_out_images, load_run_data, make_loader)
 from tlrun.data.sources import ImageSet
 from tlrun.engine import Engine, FitResult, Placement, StepOutput, hard_labels
-from tlrun.errors import CheckpointError, ConfigError, DataError
+from tlrun.errors import CheckpointError, ConfigError, DataError, WeightsError
 from tlrun.freeze import count_params
 from tlrun.methods.kd import soft_target_kl
 from tlrun.models.catalog import MODEL_DEFAULTS
@@ -238,12 +238,15 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
     with locked(path.with_suffix(".lock")):
         remove_stale_temp_files(path.parent)
         if is_intact(path, "teacher-logit cache"):
-            cached = load_file(path, "a teacher-logit cache entry")
+            try:
+                cached = load_file(path, "a teacher-logit cache entry")
+            except CheckpointError as exc:  # resealed by hand: never trusted, rebuilt
+                cached = f"an unreadable file ({exc})"
             if isinstance(cached, torch.Tensor) and cached.dim() == 2 and cached.shape == (len(images), len(teacher.classes)):
                 log.info("Teacher logits (%s): cache hit (%s)", set_name, path.name)
                 return cached, "hit"
             log.warning("Ignoring teacher-logit cache %s: it holds %s, not %d x %d logits; rebuilding it", path,
-                        tuple(cached.shape) if isinstance(cached, torch.Tensor) else type(cached).__name__,
+                        tuple(cached.shape) if isinstance(cached, torch.Tensor) else cached,
                         len(images), len(teacher.classes))
             remove_entry(path)
         log.info("Teacher logits (%s): computing %d once (cache %s)", set_name, len(images), path.name)
@@ -276,11 +279,17 @@ def latency_ms(model: nn.Module, size: int, repeats: int = 30) -> float:
 def load_teacher(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple[LoadedModel, Path, str]:
     """distill.teacher (a run folder or ft_model.pt), else the cached teacher stage."""
     if ctx.cfg.distill.teacher:
-        teacher_path, teacher_source = Path(ctx.cfg.distill.teacher).expanduser(), "distill.teacher"
-    else:
-        teacher_path, teacher_source = teacher_stage(ctx, classes)
-    teacher_file = teacher_path / "ft_model.pt" if teacher_path.is_dir() else teacher_path
-    return load_run_model(teacher_file, ctx.device), teacher_file, teacher_source
+        teacher_path = Path(ctx.cfg.distill.teacher).expanduser()
+        teacher_file = teacher_path / "ft_model.pt" if teacher_path.is_dir() else teacher_path
+        return load_run_model(teacher_file, ctx.device), teacher_file, "distill.teacher"
+    stage_dir, teacher_source = teacher_stage(ctx, classes)
+    try:
+        return load_run_model(stage_dir / "ft_model.pt", ctx.device), stage_dir / "ft_model.pt", teacher_source
+    except WeightsError as exc:  # a stage resealed by hand: a cache entry is rebuilt, never trusted
+        log.warning("Ignoring teacher stage %s (%s); training it again", stage_dir, exc)
+        remove_entry(stage_dir)
+        stage_dir, teacher_source = teacher_stage(ctx, classes)
+        return load_run_model(stage_dir / "ft_model.pt", ctx.device), stage_dir / "ft_model.pt", teacher_source
 
 
 def check_same_classes(teacher: LoadedModel, data: RunData) -> None:

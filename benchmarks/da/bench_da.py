@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Domain-adaptation benchmark: source-only, DANN, MMD and the target oracle over seeds.
 
-    python scripts/bench_da.py [--pairs cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits]
-                               [--seeds 0,1,2] [--epochs 12] [--jobs 2] [--optimizer adam|sgd] [--out DIR]
-                               [--extra "k=v ..."]
+    python benchmarks/da/bench_da.py [--pairs cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits]
+                                      [--seeds 0,1,2] [--epochs 12] [--jobs 2] [--optimizer adam|sgd] [--out DIR]
+                                      [--extra "k=v ..."]
 
 Every cell is a normal `tlrun` run (folders under --out); rerunning with the same --out reuses finished cells. Prints a markdown table of target accuracy
 (mean ± std over seeds, model chosen by *source* validation accuracy) and the gap closure
-(method − source_only) / (oracle − source_only); writes bench_da.csv (one row per run).
+(method − source_only) / (oracle − source_only); writes bench_da.csv (one row per run). Default --out:
+benchmarks/da/results/ beside this script (the committed CSV).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pandas as pd
 
 from tlrun.report import markdown_table
 
+HERE = Path(__file__).resolve().parent
+
 METHODS = ("source_only", "dann", "mmd", "oracle")
 # Ablation (not run by default, --methods ...,dann_lambda0): DANN with lambda = 0, i.e. source-only training whose
 # BatchNorm layers see the concatenated source + target batches, without any adversarial gradient.
@@ -37,7 +40,7 @@ COMMON = ["model=lenet", "data.image_size=32", "train.batch_size=64", "train.pro
 # (1 + 10 p)^-0.75, weight decay 5e-4. At this budget (12 epochs, ~660 steps) DANN's domain classifier wins
 # throughout (88-99 % right in the last epochs). "adam" (lr 1e-3, constant, no weight decay, as in widely used
 # PyTorch DANN ports) gives DANN its best target accuracy, but its domain accuracy near 0.5 at the end is a
-# collapsed discriminator (2-8 % of its units firing), not an equilibrium (README, Results).
+# collapsed discriminator (2-8 % of its units firing), not an equilibrium (benchmarks/da/README.md).
 OPTIMIZERS = {
     "adam": ["train.optimizer=adam", "train.lr=1e-3", "train.weight_decay=0", "train.scheduler=none"],
     "sgd": ["train.optimizer=sgd", "train.lr=0.01", "train.momentum=0.9", "train.weight_decay=5e-4",
@@ -130,7 +133,7 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each uses one CPU thread)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_da") / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                         help="the optimiser recipe of every run (sgd: the DANN paper's)")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")

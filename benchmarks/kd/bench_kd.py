@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Knowledge-distillation benchmark: student alone vs KD over seeds, and the 4×4 T×α sweep's cost.
 
-    python scripts/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
+    python benchmarks/kd/bench_kd.py [--data digits] [--seeds 0,1,2] [--epochs 10] [--out DIR] [--extra "k=v ..."]
 
 1. A teacher run: --teacher-model (ImageNet weights) fine-tuned at --teacher-size px for --teacher-epochs,
    with the same data overrides (--extra: augmentation too) as the students; seed 0 only, or with
@@ -15,7 +15,8 @@
    logits computed once): how often the teacher is trained and its train-set logits computed (read
    from the job logs), the teacher stage's time, and the sweep's wall time without it versus a 16-job
    student-alone sweep run the same way (`-m seed=0..15`).
-Every run is a normal tlrun run under --out; writes bench_kd.csv and prints markdown tables.
+Every run is a normal tlrun run under --out (default: benchmarks/kd/results/ beside this script, where the
+committed CSV lives); writes bench_kd.csv and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Optional
 import pandas as pd
 
 from tlrun.report import markdown_table
+
+HERE = Path(__file__).resolve().parent
 
 STUDENT = ["model=lenet", "data.image_size=32", "train.lr=3e-3", "train.batch_size=64"]
 # The sweep's own teacher stage (trained inside the sweep, once).
@@ -136,7 +139,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out", default="outputs/bench_kd")
+    parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, mps")
     parser.add_argument("--teacher-size", type=int, default=96)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Fine-tune pretrained backbones on a real image folder and print a result table.
 
-    python scripts/bench_imagefolder.py [--root DIR] [--models mobilenet_v2,efficientnet_lite0]
-                                        [--freezes all,partial] [--epochs 5] [--seeds 0]
+    python benchmarks/imagefolder/bench_imagefolder.py [--root DIR] [--models mobilenet_v2,efficientnet_lite0]
+                                                       [--freezes all,partial] [--epochs 5] [--seeds 0]
 
 Without --root, exports Fashion-MNIST (40 per class, 64x64 PNG) to a temp folder first.
-Each run is a normal `tlrun` run (folders under --out); the table reads their metrics.json.
+Each run is a normal `tlrun` run (folders under --out); the table reads their metrics.json and is written to
+bench_imagefolder.csv there (default --out: benchmarks/imagefolder/results/ beside this script, the committed CSV).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 from tlrun.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE.parent.parent / "scripts"  # export_fashion_mnist.py
 
 
 def main() -> int:
@@ -33,14 +35,14 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--per-class", type=int, default=40)
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_imagefolder") / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--extra", default="", help="more tlrun overrides, space separated")
     args = parser.parse_args()
 
     root = args.root
     if root is None:
         root = Path(tempfile.mkdtemp(prefix="fashion-png-"))
-        subprocess.run([sys.executable, str(HERE / "export_fashion_mnist.py"), str(root),
+        subprocess.run([sys.executable, str(SCRIPTS / "export_fashion_mnist.py"), str(root),
                         "--per-class", str(args.per_class)], check=True)
     rows = []
     for model in args.models.split(","):

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Few-shot benchmark on held-out classes: MAML, meta-distillation, ProtoNet on the teacher, KD-then-finetune.
 
-    python scripts/bench_meta.py [--data fashion_mnist] [--epochs 5] [--episodes 200] [--out DIR] [--extra "k=v ..."]
+    python benchmarks/meta/bench_meta.py [--data fashion_mnist] [--epochs 5] [--episodes 200] [--out DIR]
+                                         [--extra "k=v ..."]
 
 Each row is one `tlrun distill=meta distill.meta_mode=<mode>` run: meta-train on the first half of the
 classes, meta-test on the other half (5-way, 1- and 5-shot, the same --episodes episodes for every
 mode), mean accuracy ± 95% CI. The teacher (MobileNetV2, ImageNet weights, 64 px) is trained on the
 meta-train classes only; ProtoNet is shown for a fine-tuned teacher and for a linear-probe teacher
 (freeze=all: ImageNet features kept), since fine-tuning on few classes can collapse the features
-that new classes need. Writes bench_meta.csv and prints a markdown table.
+that new classes need. Writes bench_meta.csv (default --out: benchmarks/meta/results/ beside this script,
+the committed CSV) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from tlrun.report import markdown_table
+
+HERE = Path(__file__).resolve().parent
 
 STUDENT = ["model=conv4", "data.image_size=28", "train.lr=1e-3", "train.optimizer=adam", "train.weight_decay=0"]
 TEACHER = ["distill.teacher_model=mobilenet_v2", "distill.teacher_epochs=4", "distill.teacher_image_size=64"]
@@ -43,7 +47,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=200, help="meta-test episodes per shot setting")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/bench_meta")
+    parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, mps")
     parser.add_argument("--only", default="", help="comma-separated row numbers to run (default: all)")

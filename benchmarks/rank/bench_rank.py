@@ -3,11 +3,12 @@
 with freeze=all (a linear probe on the same frozen features) and compare: Kendall's tau between each score
 and the measured test accuracy, and whether every pretrained model outranks its random-init twin.
 
-    python scripts/bench_rank.py [--data fashion_mnist,digits] [--models mobilenet_v2,efficientnet_lite0]
-                                 [--image-size 64] [--max-per-class 200] [--epochs 5] [--out DIR]
+    python benchmarks/rank/bench_rank.py [--data fashion_mnist,digits] [--models mobilenet_v2,efficientnet_lite0]
+                                         [--image-size 64] [--max-per-class 200] [--epochs 5] [--out DIR]
 
 Each candidate is its pretrained weights plus the same architecture at random init (model.weights=null).
-Runs are normal `tlrun` runs under --out (re-running the script reuses finished ones).
+Runs are normal `tlrun` runs under --out (re-running the script reuses finished ones); writes bench_rank.csv
+there (default --out: benchmarks/rank/results/ beside this script, the committed CSV).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pandas as pd
 
 from tlrun.rank import Candidate, data_config, kendall_tau, rank
 from tlrun.report import markdown_table
+
+HERE = Path(__file__).resolve().parent
 
 
 def train_probe(candidate: Candidate, data: str, args: argparse.Namespace) -> dict:
@@ -47,7 +50,7 @@ def main() -> int:
     parser.add_argument("--max-per-class", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_rank"))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
     import torch

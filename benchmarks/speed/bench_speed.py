@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Speed of tlrun against a plain PyTorch loop, on the same model, data, batch size, epochs and seed.
 
-    python scripts/bench_speed.py [--root DIR] [--benches all,partial,none,kd] [--epochs-all 10]
-                                  [--epochs 3] [--batch-size 32] [--threads 1] [--repeats 1] [--out DIR]
+    python benchmarks/speed/bench_speed.py [--root DIR] [--benches all,partial,none,kd] [--epochs-all 10]
+                                           [--epochs 3] [--batch-size 32] [--threads 1] [--repeats 1] [--out DIR]
 
 The reference is written the way tutorials write it: torchvision ImageFolder + transforms (the
 JPEG/PNG files decoded every epoch), a DataLoader, model.train(), forward/backward/step, a
@@ -25,7 +25,8 @@ forward+backward+optimizer step and the validation forward): ``loop overhead`` i
 the epochs' time outside it, ``e2e overhead`` the share of the whole process.
 
 Without --root, exports Fashion-MNIST (10 classes x 30, 16 train / 4 val / 10 test each, 224x224
-JPEG) to OUT/data first. Writes OUT/bench_speed.csv and .json, prints a markdown table.
+JPEG) to OUT/data first. Writes OUT/bench_speed.csv and .json, prints a markdown table. Default OUT:
+benchmarks/speed/results/ beside this script (the committed CSV).
 """
 
 from __future__ import annotations
@@ -430,7 +431,7 @@ def main() -> int:
     parser.add_argument("--ref-frozen-bn", choices=("eval", "train"), default="eval")
     parser.add_argument("--kd-student", default="small_resnet")
     parser.add_argument("--extra", default="", help="more tlrun overrides, space separated")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed") / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     # internal: the child processes
     parser.add_argument("--worker", choices=("reference", "teacher-forward"), help=argparse.SUPPRESS)
     parser.add_argument("--freeze", default="all", help=argparse.SUPPRESS)
