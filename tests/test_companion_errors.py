@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import tlrun.paths
 import tlrun.sweep
 from tlrun import predict_cli, rank_cli
 
@@ -243,6 +244,7 @@ def refuse_writes(monkeypatch: pytest.MonkeyPatch, folder: Path, error: int) -> 
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(tlrun.sweep, "open", guarded_open, raising=False)
+    monkeypatch.setattr(tlrun.paths, "open", guarded_open, raising=False)  # the summary's lock file
 
 
 @pytest.mark.parametrize("error", [errno.EACCES, errno.EROFS], ids=["permission", "read_only_fs"])

@@ -360,10 +360,17 @@ def history_rows(path_glob, cwd: Path) -> int:
 RESUMABLE = ["model=lenet", "data.image_size=32", "train.epochs=4", "seed=5", *TINY]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The RESUMABLE run without any interruption: what every resumed run must equal bit for bit."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    assert run_tlrun([*RESUMABLE, f"hydra.run.dir={cwd / 'run'}"], cwd).returncode == 0
+    return cwd / "run"
+
+
 @pytest.mark.parametrize("resume", ["folder", "auto"])
-def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, resume: str):
-    reference = tmp_path / "reference"
-    assert run_tlrun([*RESUMABLE, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, resume: str, uninterrupted: Path):
+    reference = uninterrupted
     run = tmp_path / "cluster_run"
     # The same line on every submit: the first starts the run in D, the next ones resume it.
     script = [*RESUMABLE, f"hydra.run.dir={run}", f"train.resume={run if resume == 'folder' else 'auto'}"]

@@ -9,7 +9,6 @@ so a truncated, overwritten or planted entry is rebuilt instead of used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,6 +21,8 @@ from omegaconf import DictConfig
 
 from tlrun.data.sources import ImageSet, default_cache_dir
 from tlrun.errors import DataError
+from tlrun import paths
+from tlrun.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,8 @@ def _seal_path(path: Path) -> Path:
 
 def seal(path: Path) -> None:
     """Record the content hash of a cache entry just written (``is_intact`` checks it)."""
-    seal_file = _seal_path(Path(path))
-    tmp = seal_file.with_name(f".{seal_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(file_sha256(path) + "\n")
-    os.replace(tmp, seal_file)
+    with atomic_path(_seal_path(Path(path))) as tmp:
+        tmp.write_text(file_sha256(path) + "\n")
 
 
 def is_intact(path: Path, what: str = "cache entry") -> bool:
@@ -114,19 +113,14 @@ def images_digest(images: ImageSet) -> str:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """One process at a time (parallel sweep jobs wait for the first to build the shared item)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    except OSError as exc:
-        raise DataError(f"cannot write the cache folder {path.parent} ({exc.strerror or exc}); set "
-                        "data.cache_dir=<a writable folder> (or TLRUN_CACHE_DIR)") from exc
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """``paths.locked`` for a cache entry: a cache folder that cannot be written is one line naming the fix."""
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            stack.enter_context(paths.locked(path))
+        except OSError as exc:
+            raise DataError(f"cannot write the cache folder {Path(path).parent} ({exc.strerror or exc}); set "
+                            "data.cache_dir=<a writable folder> (or TLRUN_CACHE_DIR)") from exc
+        yield
 
 
 def cache_root(cfg: DictConfig) -> Path:

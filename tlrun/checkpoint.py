@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tlrun.errors import CheckpointError
+from tlrun.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,9 @@ def save_atomic(obj: Any, path: Path) -> None:
     """Write to a temp file, fsync, rename: the previous file stays whole until the new one is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         # torch's zip writer reports a failed write as RuntimeError ("file write failed", "unexpected pos"):
         # the object was serialisable, so a RuntimeError here is the file system's.
@@ -99,9 +96,6 @@ def save_atomic(obj: Any, path: Path) -> None:
         reason = "the disk is full" if full else getattr(exc, "strerror", None) or "the write failed"
         raise CheckpointError(f"could not write {path}: {reason} ({kept}); free space or point "
                               "hydra.run.dir / data.cache_dir elsewhere, then resume with train.resume") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _disk_nearly_full(folder: Path, margin: int = 1 << 20) -> bool:

@@ -25,6 +25,7 @@ from tlrun.errors import CheckpointError, RunInterrupted
 from tlrun.freeze import FreezePlan
 from tlrun import distributed
 from tlrun.interrupts import INTERRUPTS
+from tlrun.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -436,9 +437,8 @@ class Engine:
 
     def write_history(self) -> None:
         path = self.run_dir / "ft_history.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        pd.DataFrame(self.history).to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)
 
     def load_best(self) -> None:
         """Restore the weights of the best validation epoch."""

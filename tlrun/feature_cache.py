@@ -40,6 +40,7 @@ from tlrun.data.sources import ImageSet
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan
+from tlrun.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,10 @@ def _feature_key(model: nn.Module, cut: Cut, dataset: ImageDataset, placement: P
 def _write_features(model: nn.Module, cut: Cut, dataset: ImageDataset, placement: Placement, path: Path) -> None:
     """Run the prefix over ``dataset`` in order, streaming into a .npy file (constant memory)."""
     model.eval()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     store = None
-    try:
-        loader = make_loader(dataset, CHUNK, False, 0)
+    with atomic_path(path) as tmp:
         start = 0
-        for images, _labels in loader:
+        for images, _labels in make_loader(dataset, CHUNK, False, 0):
             with placement.autocast():
                 out = prefix_output(model, cut, placement.images(images)).float().cpu().contiguous()
             if store is None:
@@ -237,10 +236,6 @@ def _write_features(model: nn.Module, cut: Cut, dataset: ImageDataset, placement
             start += len(out)
         store.flush()
         del store
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _intact_features(path: Path, rows: int) -> Optional[np.ndarray]:

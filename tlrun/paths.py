@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from tlrun.errors import ConfigError
 
@@ -36,3 +38,36 @@ def output_dir(out: Optional[str], default_root: str, result_file: str) -> Path:
         raise ConfigError(f"{path} already holds {result_file}; tlrun never overwrites results: choose another --out")
     check_can_create(path, "--out")
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp file beside ``path`` (``.<name>.tmp-<pid>``) for the block to write; when the block succeeds it is
+    flushed to disk and renamed over ``path``, so a reader (or a kill at any instant) sees the old file or the
+    new one, never a torn one. On failure the temp file is removed. Stale ones of dead writers are cleaned by
+    ``checkpoint.remove_stale_temp_files``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """One process at a time holds ``path`` (an advisory lock file, created with its folder): parallel sweep
+    jobs wait for the first to build a shared cache entry or to rewrite the sweep summary. OSError when the
+    lock file cannot be created (a read-only folder): the caller names the fix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

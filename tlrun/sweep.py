@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import io
 import json
 import math
@@ -23,6 +22,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pandas as pd
 import yaml
+
+from tlrun.paths import locked
 
 from tlrun.errors import ConfigError
 
@@ -202,16 +203,6 @@ def plot_heatmap(frame: pd.DataFrame, swept: list[str], metric: str, path: Path)
 
 
 @contextlib.contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
-    with open(sweep_dir / ".sweep_summary.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _staged(*paths: Path) -> Iterator[list[Path]]:
     """Temporary siblings of ``paths``, moved onto them only once the block has written them all; on an
     error they are removed, so a failed write (full disk...) leaves the previous files as they were."""
@@ -231,7 +222,7 @@ def write_report(sweep_dir: Path, metric: Optional[str] = None, final: bool = Tr
 
     An OSError (e.g. a read-only sweep folder) propagates with no half-written file left behind."""
     sweep_dir = Path(sweep_dir)
-    with _locked(sweep_dir):
+    with locked(sweep_dir / ".sweep_summary.lock"):  # parallel jobs rewrite it in turn
         frame, swept = collect(sweep_dir, final)
         summary, heatmap = sweep_dir / SUMMARY_FILE, sweep_dir / HEATMAP_FILE
         metric = metric or next((m for m in SUMMARY_METRICS if m in frame), None)

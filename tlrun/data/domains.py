@@ -38,7 +38,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,7 +49,8 @@ import torch
 
 from tlrun.cache import is_intact, seal
 from tlrun.data.sources import DATASETS, OPENCV_DIGITS, DataRequest, ImageSet, SourceData
-from tlrun.errors import DataError
+from tlrun.checkpoint import save_atomic
+from tlrun.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -230,22 +230,11 @@ def _write_cache(path: Path, key: str, source: SourceData, pixels: dict[str, tor
     payload = {"fingerprint": key, "version": VERSION, "pixels": pixels,
                "labels": {p: torch.from_numpy(np.asarray(source.parts[p].labels, dtype=np.int64))
                           for p in pixels}}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        save_atomic(payload, path)
         seal(path)
-    except OSError as exc:  # a read-only cache must not stop the run
+    except (CheckpointError, OSError) as exc:  # a read-only or full cache must not stop the run
         log.warning("could not cache %s (%s)", path, exc)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- builders ------------------------------------------------------------------------------------
