@@ -323,6 +323,10 @@ def test_wrong_teacher_logits_of_the_right_shape_are_rebuilt(tmp_path: Path, cap
         torch.save(torch.randn_like(torch.load(logits, weights_only=True)), logits)
     second = run_in_process(overrides, tmp_path / "second")
     assert second["teacher_logits_cache"] == "miss" and second["student_test_acc"] == first["student_test_acc"]
+    for logits in (tmp_path / "cache" / "teacher_logits").glob("*.pt"):  # truncated to nothing
+        logits.write_bytes(b"")
+    third = run_in_process(overrides, tmp_path / "third")
+    assert third["teacher_logits_cache"] == "miss" and third["student_test_acc"] == first["student_test_acc"]
 
 
 def test_unwritable_cache_dir_is_one_line(tmp_path: Path):
