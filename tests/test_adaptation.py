@@ -14,8 +14,8 @@ from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tl
 from tlrun.errors import ConfigError
 from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.methods.domain_gap import proxy_a_distance
-from tlrun.data.pipeline import PairedBatches
-from tlrun.pipelines.adaptation import FeatureTap
+from tlrun.data.loaders import PairedBatches
+from tlrun.features import FeatureTap
 
 
 def test_paired_batches_cycle_the_shorter_loader():
@@ -29,13 +29,18 @@ def test_paired_batches_cycle_the_shorter_loader():
 
 def test_feature_tap_keeps_head_input_or_a_named_layer():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    tap, layer_tap = FeatureTap(model, "2"), FeatureTap(model, "2", layer="0")
+    tap, layer_tap = FeatureTap(model, "2"), FeatureTap(model, "0", side="output")
     x = torch.randn(5, 4)
     model(x)
     assert torch.allclose(tap.features, model[1](model[0](x)))
     assert torch.allclose(layer_tap.features, model[0](x))
-    with pytest.raises(ConfigError, match="feature_layer=conv9 is not a module"):
-        FeatureTap(model, "2", layer="conv9")
+    with FeatureTap(model, "2", stop=True) as stopping:  # the forward ends before the head
+        assert torch.allclose(stopping(x), model[1](model[0](x)))
+    layer_tap.remove()
+    model(x + 1)
+    assert torch.allclose(layer_tap.features, model[0](x))  # removed: no longer updated
+    with pytest.raises(ConfigError, match="adaptation.feature_layer=conv9 is not a module"):
+        FeatureTap(model, "conv9", side="output", key="adaptation.feature_layer")
 
 
 def test_proxy_a_distance_separable_vs_identical():
@@ -133,20 +138,20 @@ def test_discriminator_lr_mult_sets_the_discriminator_group(tmp_path: Path):
     (run_dir,) = run_dirs(tmp_path)
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     groups = state["optimizer"]["param_groups"]
-    assert groups[-1]["stage"] == "discriminator"
+    assert groups[-1]["stage"] == "dann"  # the method's own parameter group
     assert groups[-1]["lr"] == pytest.approx(10 * groups[0]["lr"])
     assert all(group["lr"] == pytest.approx(groups[0]["lr"]) for group in groups[:-1])
 
 
-def test_build_alignment_passes_the_discriminator_shape_and_dropout():
+def test_build_method_passes_the_discriminator_shape_and_dropout():
     from omegaconf import OmegaConf
 
-    from tlrun.config import AdaptationConfig
-    from tlrun.pipelines.adaptation import build_alignment
+    from tlrun.methods.dann import DannConfig
+    from tlrun.pipelines.adaptation import build_method
 
-    cfg = OmegaConf.structured(AdaptationConfig(method="dann", discriminator_width=7, discriminator_depth=2,
-                                                discriminator_dropout=0.25))
-    _, module, _ = build_alignment(cfg, feature_dim=5)
+    cfg = OmegaConf.structured(DannConfig(method="dann", discriminator_width=7, discriminator_depth=2,
+                                          discriminator_dropout=0.25))
+    module = build_method(cfg, feature_dim=5, num_classes=3)
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(5, 7), (7, 7), (7, 1)]
     assert [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]
@@ -170,7 +175,7 @@ def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
 def test_a_collapsed_relu_discriminator_is_reported(caplog):
     import pandas as pd
 
-    from tlrun.pipelines.adaptation import warn_if_discriminator_collapsed
+    from tlrun.methods.dann import warn_if_discriminator_collapsed
 
     with caplog.at_level("WARNING"):
         warn_if_discriminator_collapsed(pd.DataFrame({"discriminator_active": [0.9, 0.5]}))

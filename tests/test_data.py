@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 
 from conftest import make_image_folder
 from tlrun.config import DataConfig
-from tlrun.data.pipeline import ImageGeometry, build_transform, is_deterministic, load_run_data
 from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
+from tlrun.data.splits import load_run_data
+from tlrun.data.transforms import ImageGeometry, build_transform, is_deterministic
 from tlrun.errors import ConfigError, DataError
 
 
@@ -114,7 +115,7 @@ def test_small_image_folders_are_decoded_once_into_a_uint8_store(tmp_path: Path,
     the eval transform gives the same pixels as from the file, augmentation runs on the tensors."""
     from PIL import Image
 
-    from tlrun.data.pipeline import ImageDataset, in_memory
+    from tlrun.data.datasets import ImageDataset, in_memory
 
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
@@ -125,7 +126,7 @@ def test_small_image_folders_are_decoded_once_into_a_uint8_store(tmp_path: Path,
     files = load_run_data(data_cfg(name="imagefolder", root=str(tmp_path), split=[0.5, 0.25, 0.25]), seed=0)
     images = files.splits["train"]
     geometry = ImageGeometry(crop_size=24, resize_size=28, mean=(0.5,) * 3, std=(0.5,) * 3)
-    with caplog.at_level("INFO", logger="tlrun.data.pipeline"):
+    with caplog.at_level("INFO", logger="tlrun.data.datasets"):
         stored = in_memory(images, geometry, max_mb=1, split="train")
     assert "decoded once into memory" in caplog.text
     assert stored.pixels.dtype == torch.uint8 and stored.pixels.shape == (len(images), 3, 28, 28)

@@ -16,8 +16,9 @@ from PIL import Image
 from conftest import TINY, assert_one_line_error, make_image_folder, run_dirs, run_tlrun
 from tlrun.config import DataConfig
 from tlrun.data import imagefolder
+from tlrun.data.datasets import decode_image
 from tlrun.data.imagefolder import SIXTEEN_BIT_MODES
-from tlrun.data.pipeline import SPLITS, decode_image, load_run_data
+from tlrun.data.splits import SPLITS, load_run_data
 from tlrun.errors import DataError
 
 

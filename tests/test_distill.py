@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, make_image_folder, read_metrics, run_dirs, run_tlrun
-from tlrun.methods.kd import distillation_loss, soft_target_kl
+from tlrun.methods.kd import DistillationLoss, distillation_loss, soft_target_kl
 
 
 def test_kd_loss_matches_hand_computation():
@@ -68,7 +68,7 @@ def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     first = run_tlrun([*KD_TINY, cache, "distill.temperature=2"], tmp_path)
     assert first.returncode == 0, first.stderr
-    second = run_tlrun([*KD_TINY, cache, "distill.temperature=5", "distill.alpha=0.3"], tmp_path)
+    second = run_tlrun([*KD_TINY, cache, "distill.temperature=5", "distill.alpha=0.3", "distill.latency=true"], tmp_path)
     assert second.returncode == 0, second.stderr
     runs = [d for d in run_dirs(tmp_path)]
     metrics = sorted((read_metrics(d) for d in runs), key=lambda m: m["temperature"])
@@ -76,8 +76,10 @@ def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     assert [m["teacher_logits_cache"] for m in metrics] == ["miss", "hit"]
     for m in metrics:
         assert m["compression_ratio"] == pytest.approx(m["params_teacher"] / m["params_student"])
-        assert m["latency_ms_teacher"] > 0 and m["latency_ms_student"] > 0
         assert m["student_test_acc"] == m["test_acc"]
+    # Latency only when asked (distill.latency=true), after training, on copies of the models.
+    assert "latency_ms_teacher" not in metrics[0]
+    assert metrics[1]["latency_ms_teacher"] > 0 and metrics[1]["latency_ms_student"] > 0
     # One teacher (trained once, then the cached stage): the same test accuracy in both runs.
     assert metrics[0]["teacher_test_acc"] == metrics[1]["teacher_test_acc"]
     history = pd.read_csv(runs[0] / "ft_history.csv")
@@ -164,7 +166,7 @@ def test_optuna_search_optimises_the_named_metric(tmp_path: Path):
 # --- distill.teacher_logits: cached | online | auto ------------------------------------------------------
 
 def test_teacher_view_is_identity_for_same_geometry_and_renormalises_otherwise():
-    from tlrun.data.pipeline import ImageGeometry
+    from tlrun.data.transforms import ImageGeometry
     from tlrun.pipelines.distill import to_teacher_view
 
     torch.manual_seed(0)
@@ -184,7 +186,10 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
     from omegaconf import OmegaConf
 
     from tlrun.artifacts import load_run_model
-    from tlrun.data.pipeline import ImageDataset, build_transform, load_run_data, make_loader
+    from tlrun.data.datasets import ImageDataset
+    from tlrun.data.loaders import make_loader
+    from tlrun.data.splits import load_run_data
+    from tlrun.data.transforms import build_transform
     from tlrun.engine import Placement
     from tlrun.pipelines.distill import (CachedTeacher, DistillationStep, Indexed, OnlineTeacher, predict_logits)
 
@@ -202,7 +207,7 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, len(data.classes)))
     losses = []
     for source in (CachedTeacher(cached, placement), OnlineTeacher(teacher, teacher.geometry, placement)):
-        out = DistillationStep(student, placement, source, 4.0, 0.9)(batch, 0.0)
+        out = DistillationStep(student, placement, source, DistillationLoss(4.0, 0.9))(batch, 0.0)
         losses.append(out.loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -258,7 +263,7 @@ def test_mixup_distils_on_the_teacher_view_of_the_mixed_images():
     the hard term uses the mixed label probabilities and accuracy is scored on their argmax."""
     from omegaconf import OmegaConf
 
-    from tlrun.data.pipeline import batch_mixer
+    from tlrun.data.transforms import batch_mixer
     from tlrun.engine import Placement
     from tlrun.methods.kd import distillation_loss
     from tlrun.pipelines.distill import DistillationStep
@@ -280,7 +285,8 @@ def test_mixup_distils_on_the_teacher_view_of_the_mixed_images():
         return teacher_net(batch_images)
 
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
-    out = DistillationStep(student, Placement(torch.device("cpu")), teacher, 2.0, 0.5)((images, targets, index), 0.0)
+    out = DistillationStep(student, Placement(torch.device("cpu")), teacher, DistillationLoss(2.0, 0.5))(
+        (images, targets, index), 0.0)
     assert torch.equal(seen[0], images)
     expected, _ = distillation_loss(student(images), teacher_net(images), targets, 2.0, 0.5)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -304,7 +310,7 @@ def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits
 def test_transfer_images_are_the_left_out_unlabelled_images():
     from omegaconf import OmegaConf
 
-    from tlrun.data.pipeline import left_out_images, load_run_data
+    from tlrun.data.splits import left_out_images, load_run_data
     from tlrun.errors import DataError
 
     data_cfg = OmegaConf.create({"name": "digits", "root": None, "cache_dir": None, "bad_images": "error",
@@ -331,8 +337,8 @@ def test_transfer_batch_joins_the_soft_term_only():
     labelled = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 1]), torch.arange(4))
     transfer = (torch.randn(6, 3, 2, 2), torch.full((6,), -1), torch.arange(6))
     teacher_logits, transfer_logits = torch.randn(4, 3), torch.randn(6, 3)
-    step = DistillationStep(student, Placement(torch.device("cpu")), lambda x, i: teacher_logits[i], 2.0, 0.6,
-                            transfer_teacher=lambda x, i: transfer_logits[i])
+    step = DistillationStep(student, Placement(torch.device("cpu")), lambda x, i: teacher_logits[i],
+                            DistillationLoss(2.0, 0.6), transfer_teacher=lambda x, i: transfer_logits[i])
     out = step((labelled, transfer), 0.0)
     logits = student(torch.cat([labelled[0], transfer[0]]))
     kd = soft_target_kl(logits, torch.cat([teacher_logits, transfer_logits]), 2.0)
@@ -359,4 +365,14 @@ def test_kd_with_transfer_images_end_to_end_and_refusals(tmp_path: Path):
     assert_one_line_error(mixed, "mixup_alpha=0")
     meta = run_tlrun(["distill=meta", "distill.transfer_images=40", "data=digits", *TINY,
                       f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
-    assert_one_line_error(meta, "distill.transfer_images=0")
+    assert_one_line_error(meta, "unknown key 'distill.transfer_images'", "valid keys in distill=meta")  # a KD-only key
+
+
+def test_latency_is_measured_on_a_copy_of_the_model():
+    from tlrun.pipelines.distill import latency_ms
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert latency_ms(model, 8, repeats=2) > 0
+    assert model.training  # not switched to eval, not moved, weights and BN statistics untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

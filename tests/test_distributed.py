@@ -14,22 +14,29 @@ import torch
 
 from conftest import TINY, read_metrics, run_dirs, run_tlrun
 from tlrun import distributed
-from tlrun.data.pipeline import make_loader
+from tlrun.data.loaders import make_loader
+from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.errors import DataError
 
 RUN = ["model=lenet", "data.image_size=32", "train.epochs=3", "train.progress=none", "device=cpu"]
 
 
-def test_torchrun_two_processes_write_one_run_folder(tmp_path: Path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    before = set(Path(tempfile.gettempdir()).glob("tlrun-rank*"))
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    command = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "tlrun", *RUN],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([command, "--standalone", "--nproc_per_node=2", "-m", "tlrun", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_two_processes_write_one_run_folder(tmp_path: Path):
+    before = set(Path(tempfile.gettempdir()).glob("tlrun-rank*"))
+    result = torchrun(RUN, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)  # one folder for both ranks
     metrics = read_metrics(run_dir)
     assert metrics["device_settings"]["world_size"] == 2
+    # DistributedDataParallel kept the ranks in step: rank 0 compared every rank's weight digest at the end.
+    assert metrics["device_settings"]["ranks_in_sync"] is True
     assert len((run_dir / "ft_history.csv").read_text().splitlines()) == 4  # header + 3 epochs, written once
     assert set(Path(tempfile.gettempdir()).glob("tlrun-rank*")) == before  # scratch folders removed
     (tmp_path / "single").mkdir()
@@ -47,3 +54,44 @@ def test_world_size_larger_than_the_data_is_refused(monkeypatch):
         make_loader(dataset, batch_size=2, train=True, seed=0)
     loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(10, 1), torch.zeros(10)), 2, True, 0)
     assert len(loader.sampler) == 3  # this rank's shard of 10 over 4 ranks (padded)
+
+
+@pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
+def test_torchrun_trains_dann_and_kd_with_ddp_and_identical_ranks(tmp_path: Path):
+    """DANN's discriminator is part of the DDP-wrapped step; KD's frozen teacher stays outside it."""
+    tiny = [*RUN, "train.epochs=1", "data.max_per_class=12", "data.image_size=16"]
+    dann = torchrun([*tiny, "adaptation=dann", "data=cvdigits", "data.target=cvdigits_m",
+                     "adaptation.discriminator_width=16", "hydra.run.dir=dann"], tmp_path)
+    assert dann.returncode == 0, dann.stderr[-3000:]
+    teacher = run_tlrun([*tiny, "device.threads=1", "hydra.run.dir=teacher"], tmp_path)
+    assert teacher.returncode == 0, teacher.stderr
+    kd = torchrun([*tiny, "distill=kd", f"distill.teacher={tmp_path / 'teacher'}", "hydra.run.dir=kd"], tmp_path)
+    assert kd.returncode == 0, kd.stderr[-3000:]
+    for name, history_column in (("dann", "domain_loss"), ("kd", "kd_loss")):
+        metrics = read_metrics(tmp_path / name)
+        assert metrics["device_settings"]["world_size"] == 2
+        assert metrics["device_settings"]["ranks_in_sync"] is True
+        assert history_column in (tmp_path / name / "ft_history.csv").read_text().splitlines()[0]
+
+
+def test_ranks_in_sync_compares_the_weight_digests_of_every_rank(monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    digest = distributed.weights_digest(model)
+    assert digest == distributed.weights_digest(model)
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-6  # one parameter one ulp-scale step away: another digest
+    assert distributed.weights_digest(model) != digest
+    assert distributed.ranks_in_sync(model) is None  # one process: nothing to compare
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_gather_object", lambda out, value: out.__setitem__(slice(None), [value, digest]))
+    assert distributed.ranks_in_sync(model) is False
+    monkeypatch.setattr(distributed.dist, "all_gather_object", lambda out, value: out.__setitem__(slice(None), [value, value]))
+    assert distributed.ranks_in_sync(model) is True
+
+
+def test_sync_batchnorm_on_cpu_is_refused_under_torchrun(monkeypatch):
+    from tlrun.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="device.sync_batchnorm=true needs CUDA"):
+        distributed.data_parallel(torch.nn.BatchNorm1d(2), torch.device("cpu"), sync_batchnorm=True)

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 import tlrun.data.domains as domains
 from tlrun.config import DataConfig
-from tlrun.data.pipeline import load_run_data
 from tlrun.data.sources import DATASETS, OPENCV_DIGITS, DataRequest, load_source
+from tlrun.data.splits import load_run_data
 from tlrun.errors import DataError
 
 needs_opencv = pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")

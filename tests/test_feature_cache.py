@@ -15,8 +15,9 @@ from torch import nn
 
 from conftest import TINY, assert_one_line_error, read_metrics, run_tlrun
 from tlrun.config import TlrunConfig
-from tlrun.data.pipeline import ImageDataset, ImageGeometry, build_transform
+from tlrun.data.datasets import ImageDataset
 from tlrun.data.sources import ImageSet
+from tlrun.data.transforms import ImageGeometry, build_transform
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError
 from tlrun.feature_cache import build_feature_cache, forward_from_features, plan_cut, prefix_output

@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from tlrun.data.datasets import ImageDataset
 from tlrun.data.episodes import EpisodeSampler
-from tlrun.data.pipeline import ImageDataset, build_transform, load_run_data
 from tlrun.data.sources import ImageSet
+from tlrun.data.splits import load_run_data
+from tlrun.data.transforms import ImageGeometry, build_transform
 from tlrun.errors import ConfigError, DataError
 from tlrun.methods.maml import adapt, forward_with, trainable_params
 from tlrun.methods.protonet import class_prototypes, prototype_head, prototype_logits
 from tlrun.models.small import SMALL_PREPROCESS, Conv4
-from tlrun.data.pipeline import ImageGeometry
 from tlrun.pipelines.meta import split_classes, use_batch_statistics
 
 

@@ -303,7 +303,7 @@ def test_corrupt_cache_entries_are_rebuilt(tmp_path: Path, caplog):
 
 
 def test_same_size_corruption_of_the_domain_cache_is_rebuilt(tmp_path: Path, caplog):
-    from tlrun.data.pipeline import load_run_data
+    from tlrun.data.splits import load_run_data
     from tlrun.rank import data_config
 
     cfg = data_config("digits_m", None, 16, None, str(tmp_path / "cache"))
@@ -428,7 +428,7 @@ def run_wrapper(script: Path, args: list[str], cwd: Path) -> subprocess.Complete
 
 
 @pytest.mark.parametrize("where, patch", [
-    ("data loading", "import tlrun.data.pipeline as p\n_load = p.load_run_data\n"
+    ("data loading", "import tlrun.data.splits as p\n_load = p.load_run_data\n"
                      "def load(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return _load(*a, **k)\n"
                      "p.load_run_data = load\nimport tlrun.pipelines.finetune as f\nf.load_run_data = load\n"),
     ("plots after the last epoch", "import tlrun.pipelines.common as c\n_plot = c.plot_curves\n"
@@ -587,7 +587,7 @@ def test_resume_refusals_found_later(tmp_path: Path, finished_run: Path):
 ])
 def test_non_finite_and_empty_values_are_refused(override: str, needle: str):
     with pytest.raises(ConfigError, match=needle):
-        check_overrides([override])
+        check_overrides(["adaptation=mmd", override] if override.startswith("adaptation.") else [override])
 
 
 def test_too_few_images_to_split_is_one_line(tmp_path: Path):

@@ -9,7 +9,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from tlrun.data.pipeline import ImageGeometry
+from tlrun.data.transforms import ImageGeometry
 from tlrun.checkpoint import load_file
 from tlrun.errors import CheckpointError, WeightsError
 from tlrun.models.factory import build_model

@@ -63,7 +63,7 @@ def group_options(group: str) -> list[str]:
         names |= {entry.name.rsplit(".", 1)[0] for entry in folder.iterdir() if entry.name.endswith(".yaml")}
     stored = ConfigStore.instance().repo.get(group, {})
     names |= {name.rsplit(".", 1)[0] for name in stored if isinstance(name, str) and name.endswith(".yaml")}
-    return sorted(names)
+    return sorted(name for name in names if not name.startswith("_"))  # _alignment...: shared parts, not options
 
 
 def _override_values(override: Any) -> list[Any]:
@@ -84,7 +84,7 @@ def check_overrides(overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from tlrun.config import GROUPS, OVERLAY_GROUPS, check_value, schema_field
+    from tlrun.config import GROUPS, METHOD_GROUPS, OVERLAY_GROUPS, check_value, schema_field
     from tlrun.errors import ConfigError
 
     parser = OverridesParser.create()
@@ -95,7 +95,10 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"cannot parse override {text!r} ({str(exc).splitlines()[0][:100]}); quote a value "
                               "that has spaces or special characters for Hydra inside the shell's quotes, e.g. "
                               "'data.root=\"~/my data\"'") from None
-    for override in parser.parse_overrides(overrides):
+    parsed = parser.parse_overrides(overrides)
+    methods = selected_methods(parsed)
+    experiment = any(o.key_or_group == "experiment" and not o.is_delete() for o in parsed)
+    for override in parsed:
         key = override.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
             continue
@@ -111,9 +114,29 @@ def check_overrides(overrides: list[str]) -> None:
             continue
         if "/" in key:
             raise ConfigError(f"unknown config group '{key}'; groups: {', '.join(GROUPS + OVERLAY_GROUPS)}")
+        group = key.split(".", 1)[0]
+        if group in METHOD_GROUPS and "." in key:
+            if experiment:  # an experiment may pick the method: the composed config is checked instead
+                continue
+            for method in methods[group]:  # a key of each method the overrides select (sweeps: each one)
+                field = schema_field(key, methods={group: method})
+                for value in _override_values(override):
+                    check_value(key, field, value)
+            continue
         field = schema_field(key)
         for value in _override_values(override):
             check_value(key, field, value)
+
+
+def selected_methods(parsed: list[Any]) -> dict[str, list[str]]:
+    """The methods each method group's override selects (every value of a sweep), else its default."""
+    from tlrun.config import METHOD_GROUPS
+
+    methods = {group: ["none"] for group in METHOD_GROUPS}
+    for override in parsed:
+        if override.key_or_group in METHOD_GROUPS and not override.is_delete():
+            methods[override.key_or_group] = [str(value) for value in _override_values(override)] or ["none"]
+    return methods
 
 
 # Keys whose value is a path (besides the schema's path_field keys): Hydra's own output folders.

@@ -1,20 +1,29 @@
 """Data-parallel training under ``torchrun`` (one process per GPU, or per CPU slot with gloo).
 
 ``torchrun --nproc_per_node=N -m tlrun ...`` starts N copies of the same run. Each rank trains on its
-shard of every epoch (``DistributedSampler``) and gradients are averaged across ranks after each
-backward pass, so every rank takes the same optimizer step — the update DistributedDataParallel makes.
-The all-reduce is done by the engine rather than by wrapping the model, so every pipeline's step
-(DANN's feature hooks, MAML's functional calls) runs unchanged. Rank 0 alone writes the run folder
-and prints progress; the others learn its folder by broadcast.
+shard of every epoch (``DistributedSampler``). The engine wraps the pipeline's whole training step (an
+``nn.Module`` holding the model and, e.g., DANN's discriminator) in PyTorch's
+``DistributedDataParallel``: rank 0's weights and buffers are broadcast at the start, gradients are
+all-reduced in buckets while the backward pass runs, buffers (BatchNorm statistics) follow rank 0 at each
+forward, or are computed over every rank's batch with ``device.sync_batchnorm=true`` (CUDA). gloo on
+CPU, nccl on CUDA. Rank 0 alone writes the run folder and prints progress; the others learn its folder
+by broadcast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from tlrun.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def launched_by_torchrun() -> bool:
@@ -55,28 +64,54 @@ def broadcast_object(value: object) -> object:
     return box[0]
 
 
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Start every rank from rank 0's weights and buffers (random heads differ per process otherwise)."""
+def data_parallel(step: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+    """``step`` wrapped in DistributedDataParallel under torchrun (with SyncBatchNorm if asked); the step
+    itself otherwise. The step's attribute ``find_unused_parameters`` (default False) is passed on for
+    steps whose forward may leave a trainable parameter out."""
     if world_size() == 1:
-        return
-    for tensor in [*module.parameters(), *module.buffers()]:
-        dist.broadcast(tensor.data, src=0)
+        if sync_batchnorm:
+            log.info("device.sync_batchnorm=true has no effect outside torchrun (one process)")
+        return step
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError("device.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernels); "
+                              "set device.sync_batchnorm=false or run on GPUs")
+        nn.SyncBatchNorm.convert_sync_batchnorm(step)  # replaces the BatchNorm children in place
+    return nn.parallel.DistributedDataParallel(
+        step, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=bool(getattr(step, "find_unused_parameters", False)))
 
 
-def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Mean of each gradient over ranks (one flat all-reduce per dtype/device bucket)."""
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers on every rank. DDP broadcasts them before each forward, so after the last training
+    step each rank still holds the BatchNorm statistics of its own last batch; this makes every rank hold
+    the model rank 0 saves."""
     if world_size() == 1:
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size()
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``module`` (names, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ranks_in_sync(module: nn.Module) -> Optional[bool]:
+    """Under torchrun: whether every rank holds exactly the weights of rank 0 (a diverged rank is
+    logged); None outside torchrun."""
+    if world_size() == 1:
+        return None
+    digests: list = [None] * world_size()
+    dist.all_gather_object(digests, weights_digest(module))
+    if len(set(digests)) > 1:
+        log.warning("The ranks' weights differ at the end of training (digests %s): DDP did not keep them in "
+                    "step", ", ".join(d[:12] for d in digests))
+    return len(set(digests)) == 1
 
 
 def sum_over_ranks(*values: float) -> list[float]:

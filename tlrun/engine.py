@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -38,9 +38,14 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)  # extra scalars averaged per epoch
 
 
-class TrainStep(Protocol):
-    def __call__(self, batch: Any, progress: float) -> StepOutput:
-        """One optimisation step's forward pass; ``progress`` runs from 0 to 1 over training."""
+class TrainStep(nn.Module):
+    """One optimisation step's forward pass as a module. The model and whatever trains beside it (a
+    method's discriminator) are its submodules, so under torchrun the engine wraps the whole step in
+    DistributedDataParallel and every parameter that trains is synchronised by it."""
+
+    def forward(self, batch: Any, progress: float) -> StepOutput:
+        """The loss of one batch; ``progress`` runs from 0 to 1 over training."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -60,6 +65,7 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     history: pd.DataFrame
+    ranks_in_sync: Optional[bool] = None  # torchrun: all ranks ended with identical weights (None: one process)
 
 
 @dataclass(frozen=True)
@@ -102,15 +108,16 @@ def hard_labels(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(dim=1) if targets.dim() == 2 else targets
 
 
-class ClassificationStep:
+class ClassificationStep(TrainStep):
     """Cross-entropy on labelled batches: the fine-tuning step."""
 
     def __init__(self, model: nn.Module, placement: Placement, label_smoothing: float = 0.0) -> None:
+        super().__init__()
         self.model = model
         self.placement = placement
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    def __call__(self, batch: Any, progress: float) -> StepOutput:
+    def forward(self, batch: Any, progress: float) -> StepOutput:
         images, targets = batch
         images, targets = self.placement.images(images), self.placement.labels(targets)
         logits = self.model(images)
@@ -195,9 +202,8 @@ class Engine:
                  grad_clip: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
-                 auxiliary: Optional[nn.Module] = None, checkpoint_extra: Optional[dict] = None,
-                 validate: Optional[Callable[[], EvalResult]] = None, resume: Optional[Path] = None,
-                 pipeline: str = "") -> None:
+                 auxiliary: Optional[nn.Module] = None, validate: Optional[Callable[[], EvalResult]] = None,
+                 resume: Optional[Path] = None, pipeline: str = "", sync_batchnorm: bool = False) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -211,7 +217,10 @@ class Engine:
         self.epoch_metrics = epoch_metrics
         # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
         self.auxiliary = auxiliary
-        self.checkpoint_extra = checkpoint_extra or {}
+        # Under torchrun the step runs through DistributedDataParallel (built at the first fit).
+        self.sync_batchnorm = sync_batchnorm
+        self.parallel_step: Optional[nn.Module] = None
+        self.ranks_in_sync: Optional[bool] = None  # torchrun: every rank ended with identical weights
         self.pipeline = pipeline  # recorded in checkpoints: a resume by another method is refused
         # Per-epoch validation; pipelines whose evaluation is not one forward pass (few-shot episodes
         # adapt the model first) pass their own, else val_loader is evaluated.
@@ -296,13 +305,12 @@ class Engine:
             data_time += fetched - tick
             done = ((epoch - 1 - self.epoch_offset) * self.steps_per_epoch + index) / (self.epochs * self.steps_per_epoch)
             with self.placement.autocast():
-                out = self.step(batch, done)
+                out = self.parallel_step(batch, done)
             if not torch.isfinite(out.loss):
                 kept = f"checkpoints/last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written yet"
                 raise FloatingPointError(f"loss became {out.loss.item()} at epoch {epoch}, step {index + 1} ({kept})")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            distributed.average_gradients(trainable)
+            self.scaler.scale(out.loss).backward()  # DDP averages the gradients over ranks here
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(trainable, self.grad_clip)
@@ -340,8 +348,7 @@ class Engine:
                 "history": [plain(row) for row in self.history],
                 "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else None,
                 "scaler": self.scaler.state_dict(), "stream_rng": capture_stream_rng(self.train_loader),
-                "pipeline": self.pipeline,
-                **self.checkpoint_extra}
+                "pipeline": self.pipeline}
 
     def _restore(self) -> tuple[int, dict]:
         """Continue from checkpoints/last.pt: weights, optimizer, schedule, history, early-stopping
@@ -373,9 +380,8 @@ class Engine:
         best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
         offset = self.epoch_offset  # epochs of earlier progressive-resizing phases
         first_epoch = offset + 1
-        distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
-        if self.auxiliary is not None:
-            distributed.broadcast_parameters(self.auxiliary)
+        if self.parallel_step is None:  # DDP starts every rank from rank 0's weights and buffers
+            self.parallel_step = distributed.data_parallel(self.step, self.placement.device, self.sync_batchnorm)
         if self.resume and (self.resume / "checkpoints" / "last.pt").is_file():
             first_epoch, best = self._restore()
         elif self.resume:  # interrupted before its first checkpoint: the same seed makes a restart exact
@@ -394,8 +400,10 @@ class Engine:
                         break
             finally:
                 progress.close()
+        distributed.broadcast_buffers(self.step)
+        self.ranks_in_sync = distributed.ranks_in_sync(self.step)
         return FitResult(best["epoch"], best["val_acc"], self.history[-1]["val_acc"], len(self.history),
-                         stopped_early, pd.DataFrame(self.history))
+                         stopped_early, pd.DataFrame(self.history), self.ranks_in_sync)
 
     def _fit_epoch(self, epoch: int, best: dict, progress: Progress) -> bool:
         """Train and validate one epoch, record it and checkpoint it; True when early stopping says stop."""

@@ -35,10 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 from tlrun.cache import cache_root, digest, images_digest, is_intact, locked, remove_entry, seal, tensors_digest
 from tlrun.config import random_augmentations
 from tlrun.checkpoint import remove_stale_temp_files
-from tlrun.data.pipeline import ImageDataset, make_loader
+from tlrun.data.datasets import ImageDataset
+from tlrun.data.loaders import make_loader
 from tlrun.data.sources import ImageSet
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError
+from tlrun.features import FeatureTap
 from tlrun.freeze import FreezePlan
 from tlrun.paths import atomic_path
 
@@ -57,10 +59,6 @@ class Cut:
     at: str
     skipped: tuple[str, ...] = ()
     trainable: tuple[str, ...] = ()  # modules whose weights the cached features do not depend on
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the prefix output is captured: the rest of the forward is not needed."""
 
 
 def _identity(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -93,27 +91,10 @@ def forward_from_features(model: nn.Module, cut: Optional[Cut]) -> Iterator[None
 
 @torch.inference_mode()
 def prefix_output(model: nn.Module, cut: Cut, images: torch.Tensor) -> torch.Tensor:
-    """The frozen prefix's output for a batch (the model must be in eval mode)."""
-    captured: list[torch.Tensor] = []
-
-    def keep(tensor: torch.Tensor) -> None:
-        captured.append(tensor)
-        raise _StopForward
-
-    module = model.get_submodule(cut.at)
-    if cut.kind == "head":
-        hook = module.register_forward_pre_hook(lambda _m, args: keep(args[0]))
-    else:
-        hook = module.register_forward_hook(lambda _m, _args, out: keep(out))
-    try:
-        model(images)
-    except _StopForward:
-        pass
-    finally:
-        hook.remove()
-    if not captured or not isinstance(captured[0], torch.Tensor):
-        raise ValueError(f"{cut.at} did not produce one tensor")
-    return captured[0]
+    """The frozen prefix's output for a batch (the model must be in eval mode); the rest never runs."""
+    side = "input" if cut.kind == "head" else "output"
+    with FeatureTap(model, cut.at, side=side, flatten=False, stop=True) as tap:
+        return tap(images)
 
 
 def candidate_cut(model: nn.Module, plan: FreezePlan) -> tuple[Optional[Cut], str]:

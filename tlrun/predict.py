@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tlrun.artifacts import LoadedModel, load_run_model
+from tlrun.data.datasets import ImageDataset
 from tlrun.data.imagefolder import IMAGE_EXTENSIONS, check_image
-from tlrun.data.pipeline import SPLITS, ImageDataset, load_run_data
 from tlrun.data.sources import ImageSet
+from tlrun.data.splits import SPLITS, load_run_data
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError, DataError
 from tlrun.tta import tta_transform

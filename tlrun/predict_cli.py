@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 def _write_grid(path: Path, images, result, classes: list[str], count: int) -> None:
     import numpy as np
 
-    from tlrun.data.pipeline import ImageDataset
+    from tlrun.data.datasets import ImageDataset
     from tlrun.report import plot_prediction_grid
 
     rng = np.random.default_rng(0)

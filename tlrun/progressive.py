@@ -9,7 +9,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
-from tlrun.data.pipeline import ImageGeometry
+from tlrun.data.transforms import ImageGeometry
 from tlrun.engine import Engine, FitResult
 
 log = logging.getLogger(__name__)

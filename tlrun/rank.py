@@ -21,10 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tlrun.config import DataConfig
-from tlrun.data.pipeline import ImageDataset, ImageGeometry, build_transform, load_run_data
+from tlrun.data.datasets import ImageDataset
 from tlrun.data.sources import ImageSet
+from tlrun.data.splits import load_run_data
+from tlrun.data.transforms import ImageGeometry, build_transform
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError
+from tlrun.features import FeatureTap
 from tlrun.methods.domain_gap import feature_mmd
 from tlrun.methods.transferability import leep, logme
 from tlrun.models.catalog import MODEL_DEFAULTS
@@ -76,18 +79,15 @@ def extract(model: nn.Module, head_name: str, images: ImageSet, geometry: ImageG
             batch_size: int = 128) -> Extracted:
     """One pass of frozen features: the head's input and the softmax of its output."""
     kept: list[torch.Tensor] = []
-    hook = model.get_submodule(head_name).register_forward_pre_hook(
-        lambda _module, args: kept.append(args[0].flatten(1).float().cpu()))
     model.eval()
     loader = DataLoader(ImageDataset(images, build_transform(geometry, None, train=False)), batch_size=batch_size)
     probabilities = []
     started = time.perf_counter()
-    try:
+    with FeatureTap(model, head_name) as tap:
         for batch, _ in loader:
             logits = model(placement.images(batch)).float().flatten(1)
+            kept.append(tap.features.float().cpu())
             probabilities.append(logits.softmax(dim=1).cpu())
-    finally:
-        hook.remove()
     seconds = time.perf_counter() - started
     return Extracted(torch.cat(kept).numpy(), torch.cat(probabilities).numpy(), seconds)
 

@@ -1,11 +1,13 @@
-"""The configuration reference, generated from the schema's own field help (``tlrun/config.py``).
+"""The configuration reference, generated from the schema's own field help (``tlrun/config/``, and each
+method's config node in its module under ``tlrun/methods/``).
 
 ``python -m tlrun.reference > docs/configuration.md`` writes the Markdown reference;
 ``tlrun --help <group, section or key>`` prints one part of it as plain text (``group_help``).
 tests/test_reference.py fails when docs/configuration.md and the schema disagree, and when a schema
 field has no help, so the reference cannot drift from the code.
 
-Light like ``tlrun.config`` (no torch): ``tlrun --help NAME`` imports it.
+Light like ``tlrun.config`` (no torch) except for the method groups: ``tlrun --help adaptation`` imports
+the method modules to read their nodes' help.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import difflib
 import re
 from typing import Any, Iterator, NamedTuple, Optional
 
-from tlrun.config import GROUPS, OVERLAY_GROUPS, TlrunConfig, register_configs, schema_field
+from tlrun.config import GROUPS, METHOD_GROUPS, OVERLAY_GROUPS, TlrunConfig, method_schema, register_configs, schema_field
 from tlrun.errors import ConfigError
 
 GENERATE_COMMAND = "python -m tlrun.reference > docs/configuration.md"
@@ -48,7 +50,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _nested(f: dataclasses.Field) -> Optional[type]:
-    """The dataclass of a section field (model, data.augment...), else None."""
+    """The dataclass of a section field (model, data.augment...; a method group's base node), else None."""
+    if f.metadata.get("method_group"):
+        return method_schema(f.name, "none")
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         made = f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(made):
@@ -66,7 +70,7 @@ def _annotation(f: dataclasses.Field) -> tuple[str, bool]:
 
 def _element_schema(f: dataclasses.Field) -> Optional[type]:
     """The dataclass inside ``List[...]`` (train.progressive_resizing: ResizePhase), else None."""
-    import tlrun.config as config_module
+    import tlrun.config.schema as config_module
 
     match = re.fullmatch(r"List\[(\w+)\]", _annotation(f)[0])
     candidate = getattr(config_module, match.group(1), None) if match else None
@@ -123,12 +127,39 @@ def field_help(f: dataclasses.Field) -> str:
     return str(f.metadata.get("help", "")).strip()
 
 
+def method_nodes(group: str) -> list[tuple[str, type, str]]:
+    """(option, schema, first docstring line) of each registered method of a method group."""
+    from tlrun.methods import REGISTRIES
+
+    found = []
+    for name in REGISTRIES[group].names():
+        if name != "none":
+            schema = REGISTRIES[group].spec(name).config
+            doc = (schema.__doc__ or "").strip().splitlines()[0].replace("``", "")
+            found.append((name, schema, doc.removeprefix(f"{group}={name}:").strip()))
+    return found
+
+
+def method_keys(group: str, schema: type) -> list[Key]:
+    """The keys a method's node adds to its group's base node (adaptation=none's keys)."""
+    base = {f.name for f in dataclasses.fields(method_schema(group, "none"))}
+    return [key for key in keys_of(schema, f"{group}.") if key.key.split(".", 1)[1] not in base]
+
+
 def iter_fields(schema: type = TlrunConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
     """Every field of the schema, depth first, with its dotted key: sections (model, data.augment), leaf
-    keys, and the keys of list elements (train.progressive_resizing[].lr)."""
+    keys, the keys of list elements (train.progressive_resizing[].lr) and of every method's node."""
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         yield key, f
+        if not prefix and f.metadata.get("method_group"):
+            seen = set()
+            for method_schema_ in [method_schema(f.name, "none"), *(m[1] for m in method_nodes(f.name))]:
+                for sub_key, sub_field in iter_fields(method_schema_, f"{key}."):
+                    if sub_key not in seen:
+                        seen.add(sub_key)
+                        yield sub_key, sub_field
+            continue
         nested = _nested(f)
         if nested is not None:
             yield from iter_fields(nested, f"{key}.")
@@ -319,12 +350,12 @@ def render_reference() -> str:
     out = [
         "# Configuration reference",
         "",
-        "<!-- Generated from the schema's field help in tlrun/config.py by",
+        "<!-- Generated from the schema's field help in tlrun/config/ and tlrun/methods/ by",
         f"     {GENERATE_COMMAND}",
         "     Do not edit by hand: tests/test_reference.py fails when this file and the schema disagree. -->",
         "",
         "Every run is one config that Hydra composes from the config groups below and the typed schema in",
-        "`tlrun/config.py`. Pick a group option with `group=option` (`model=resnet18`), override any key with",
+        "`tlrun/config/` (each method's node: its module in `tlrun/methods/`). Pick a group option with `group=option` (`model=resnet18`), override any key with",
         "`section.key=value` (`train.lr=1e-3`, `data.augment.hflip=true`), and sweep with `-m` and",
         "comma-separated values (`tlrun -m train.lr=1e-3,3e-3`). Unknown keys and options and values outside",
         "*allowed* are refused before any work. `tlrun --cfg job [overrides]` prints the composed config;",
@@ -358,6 +389,12 @@ def render_reference() -> str:
             out += _option_lines(section, defaults)
         out += _key_table(keys_of(schema, f"{section}."))
         out.append("")
+        if section in METHOD_GROUPS:
+            out += [f"Each method's node adds its own keys (a key of another method is refused):", ""]
+            for option, method_schema_, doc in method_nodes(section):
+                out += [f"### {section}={option}", "", _sentence(doc), ""]
+                out += _key_table(method_keys(section, method_schema_))
+                out.append("")
         for name, sub_schema, sub_help in subsections(schema, f"{section}."):
             out += [f"### {name}", "", _sentence(sub_help), ""]
             out += _key_table(keys_of(sub_schema, f"{name}."))
@@ -442,6 +479,10 @@ def group_help(name: str) -> str:
     if name in GROUPS:
         lines += [*_option_text(name), ""]
     lines += [f"Keys ({name}.KEY=VALUE; default, then allowed values):", *_key_lines(keys_of(schema, f"{name}."))]
+    if name in METHOD_GROUPS:
+        for option, method_schema_, doc in method_nodes(name):
+            lines += ["", f"{name}={option}: {doc.rstrip('.')}. Its keys besides those above:",
+                      *_key_lines(method_keys(name, method_schema_))]
     for sub_name, sub_schema, sub_help in subsections(schema, f"{name}."):
         lines += ["", f"{sub_name}: {sub_help}", *_key_lines(keys_of(sub_schema, f"{sub_name}."))]
     return "\n".join(lines) + "\n"

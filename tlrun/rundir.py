@@ -98,6 +98,15 @@ def refuse_results(run_dir: Path) -> None:
                           f"overwrites them: choose another hydra.run.dir{hint}")
 
 
+def check_run_dir(run_dir: Path, resume: bool = False) -> None:
+    """The job's own check of its folder: a resumable run to continue, or one without results (the CLI
+    made the same check before Hydra wrote anything; this covers in-process and launcher jobs)."""
+    if resume:
+        check_resumable(run_dir, str(run_dir))
+    else:
+        refuse_results(run_dir)
+
+
 def check_resumable(run_dir: Path, asked: str) -> None:
     """ConfigError unless ``run_dir`` is a run that ``train.resume`` can continue."""
     status = run_status(run_dir)

@@ -16,7 +16,7 @@ from tlrun.config import expand_paths, validate_config
 from tlrun.errors import ConfigError, RunInterrupted, TlrunError
 from tlrun.interrupts import INTERRUPTS
 from tlrun.report import write_json
-from tlrun.rundir import check_resumable, has_checkpoint, refuse_results, remove_created_parents, run_status
+from tlrun.rundir import check_run_dir, has_checkpoint, remove_created_parents, run_status
 
 log = logging.getLogger("tlrun")
 
@@ -27,15 +27,15 @@ _HYDRA_OWN = {".hydra", "tlrun.log"}
 def select_pipeline(cfg: DictConfig) -> str:
     adaptation, distill = cfg.adaptation.method, cfg.distill.method
     adapting = adaptation != "none" or cfg.data.target is not None or cfg.data.target_root is not None
+    from tlrun.methods import ADAPTATION, DISTILL
+
     if adapting and distill != "none":
         what = f"adaptation={adaptation}" if adaptation != "none" else "data.target"
         raise ConfigError(f"{what} and distill={distill} cannot be combined in one run; "
                           "set adaptation=none (and no data.target) or distill=none")
     if adapting:
-        return "adaptation"  # adaptation=none with a target: the source-only baseline
-    if distill != "none":
-        return distill
-    return "finetune"
+        return ADAPTATION.spec(adaptation).pipeline  # adaptation=none with a target: the source-only baseline
+    return DISTILL.spec(distill).pipeline  # distill=none: fine-tuning
 
 
 def resolve_device(device_cfg: DictConfig):
@@ -79,14 +79,6 @@ def one_line(message: str) -> str:
     if len(lines) > 1 and "Original Traceback" in message:
         return lines[-1].split(": ", 1)[-1]
     return " ".join(line.strip() for line in lines)
-
-
-def guard_run_dir(run_dir: Path, resume: bool = False) -> None:
-    """The in-process check (the CLI has already made it before Hydra wrote anything)."""
-    if resume:
-        check_resumable(run_dir, str(run_dir))
-    else:
-        refuse_results(run_dir)
 
 
 def _record_interruption(run_dir: Path, exc: RunInterrupted) -> str:
@@ -185,7 +177,7 @@ def run_job(cfg: DictConfig) -> dict:
             validate_config(cfg)
             expand_paths(cfg)
             if _launch_rank() == 0:  # torchrun's other ranks write only into their scratch folders
-                guard_run_dir(run_dir, resume=bool(cfg.train.resume))
+                check_run_dir(run_dir, resume=bool(cfg.train.resume))
             metrics = _run(cfg, run_dir)
         _update_sweep_summary()
         return metrics

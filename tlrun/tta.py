@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from tlrun.data.pipeline import ImageGeometry, build_transform
+from tlrun.data.transforms import ImageGeometry, build_transform
 
 TTA_MODES = ("none", "flip", "flip+crops")
 

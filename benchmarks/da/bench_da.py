@@ -35,7 +35,8 @@ ABLATIONS = ("dann_lambda0",)
 # LeNet-style CNN from scratch at 32 px, batches of 64 per domain, lambda ramped by 2/(1+e^-10p)-1 and the
 # paper's digit domain classifier (one hidden layer of 100 units).
 COMMON = ["model=lenet", "data.image_size=32", "train.batch_size=64", "train.progress=none", "device=cpu",
-          "device.threads=1", "adaptation.discriminator_width=100", "adaptation.discriminator_depth=1"]
+          "device.threads=1"]
+DANN_DISCRIMINATOR = ["adaptation.discriminator_width=100", "adaptation.discriminator_depth=1"]
 # The optimiser, the same for every method. "sgd" is the paper's: momentum 0.9, lr 0.01 annealed as
 # (1 + 10 p)^-0.75, weight decay 5e-4. At this budget (12 epochs, ~660 steps) DANN's domain classifier wins
 # throughout (88-99 % right in the last epochs). "adam" (lr 1e-3, constant, no weight decay, as in widely used
@@ -57,6 +58,7 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
                 f"adaptation={'none' if method == 'source_only' else method.split('_')[0]}"]
         if method.startswith("dann"):  # the DANN defaults for digits: domain classifier on the conv features
             data.insert(0, "experiment=dann_digits")
+            data += DANN_DISCRIMINATOR
         if method == "dann_lambda0":
             data.append("adaptation.weight=0")
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",

@@ -187,7 +187,10 @@ def teacher_forward(args: argparse.Namespace) -> dict:
     import torch
 
     from tlrun.artifacts import load_run_model
-    from tlrun.data.pipeline import ImageDataset, build_transform, in_memory, load_run_data, make_loader
+    from tlrun.data.datasets import ImageDataset, in_memory
+    from tlrun.data.loaders import make_loader
+    from tlrun.data.splits import load_run_data
+    from tlrun.data.transforms import build_transform
     from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
@@ -225,7 +228,10 @@ def data_path_bench(args: argparse.Namespace) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
-    from tlrun.data.pipeline import ImageDataset, ImageGeometry, build_transform, in_memory, load_run_data, make_loader
+    from tlrun.data.datasets import ImageDataset, in_memory
+    from tlrun.data.loaders import make_loader
+    from tlrun.data.splits import load_run_data
+    from tlrun.data.transforms import ImageGeometry, build_transform
     from tlrun.models.factory import Preprocess
 
     torch.set_num_threads(args.threads)

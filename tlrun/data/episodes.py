@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from tlrun.data.pipeline import ImageDataset
+from tlrun.data.datasets import ImageDataset
 from tlrun.errors import DataError
 
 

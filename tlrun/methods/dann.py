@@ -11,12 +11,24 @@ the ordinary gradient of the domain loss and G_f receives it reversed and scaled
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tlrun.config.fields import bounded, choice
+from tlrun.config.methods import AlignmentBase
+from tlrun.methods import ADAPTATION
+from tlrun.methods.alignment import Alignment, DomainBatch, dann_lambda
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("dann", "constant")
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -37,16 +49,6 @@ class GradientReversal(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad_output * -ctx.lambda_, None
-
-
-def dann_lambda(progress: float, max_weight: float = 1.0, gamma: float = 10.0) -> float:
-    """lambda_p = max_weight * (2 / (1 + exp(-gamma * p)) - 1) (Ganin et al. 2016, Sec. 5.2.2).
-
-    Starts at 0 so that the noisy early discriminator does not disturb the features, and approaches
-    ``max_weight`` as p -> 1 (p = 1 gives max_weight * tanh(gamma / 2), 0.99991 * max_weight for gamma = 10).
-    """
-    p = min(max(float(progress), 0.0), 1.0)
-    return max_weight * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
 
 
 class GradientReversalLayer(nn.Module):
@@ -180,3 +182,71 @@ class DomainAdversarialLoss(nn.Module):
             accuracy = ((logits > 0).to(labels.dtype) == labels).float().mean().item()
         return loss, {"domain_acc": accuracy, "lambda": self.grl.lambda_,
                       "discriminator_active": self.discriminator.active_fraction}
+
+
+@dataclass
+class DannConfig(AlignmentBase):
+    """adaptation=dann: the domain discriminator and its optimisation (weight/schedule/gamma drive the GRL)."""
+
+    discriminator_width: int = bounded(1024, low=1, help="Hidden units of the domain discriminator's MLP")
+    discriminator_depth: int = bounded(2, low=1, help="Hidden blocks (Linear-BN-activation-Dropout) of the discriminator")
+    # TLlib uses dropout only without BatchNorm.
+    discriminator_dropout: float = bounded(0.5, low=0.0, high=0.9,
+                                           help="Dropout after each hidden block of the discriminator (0 = none)")
+    discriminator_batch_norm: bool = field(default=True, metadata={
+        "help": "BatchNorm1d in the discriminator's hidden blocks (the DANN paper's classifier has none)"})
+    # Without BatchNorm the features can switch ReLU units off (ft_history's discriminator_active; a collapse
+    # is warned about); leaky units cannot die.
+    discriminator_activation: str = choice("relu", ACTIVATIONS,
+                                           help="Hidden activation of the discriminator: relu (the paper's) or "
+                                                "leaky_relu (slope 0.2, units cannot die)")
+    discriminator_lr_mult: float = bounded(1.0, low=0.0, low_open=True,
+                                           help="Discriminator learning rate = train.lr x this (its own parameter "
+                                                "group, same schedule)")
+
+
+# Below this fraction of first-layer units firing, the discriminator is (nearly) a constant function.
+COLLAPSED_DISCRIMINATOR = 0.1
+
+
+def warn_if_discriminator_collapsed(history: pd.DataFrame) -> None:
+    """One warning when a ReLU discriminator went silent in the last epoch (see DomainDiscriminator)."""
+    if "discriminator_active" not in history or history.empty:
+        return
+    active = float(history["discriminator_active"].iloc[-1])
+    if active < COLLAPSED_DISCRIMINATOR:
+        log.warning("The domain discriminator collapsed: %.0f%% of its hidden units fire in the last epoch, so it "
+                    "outputs a near-constant and passes almost no gradient to the features (domain_acc near 0.5 here "
+                    "is not an equilibrium). Use adaptation.discriminator_activation=leaky_relu or "
+                    "adaptation.discriminator_batch_norm=true.", 100 * active)
+
+
+@ADAPTATION.register("dann", DannConfig)
+class Dann(Alignment):
+    """DANN as a step contribution: L_d of the joint source + target features through the GRL, added
+    unweighted (the GRL applies lambda_p to the gradient reaching the features)."""
+
+    loss_name = "domain_loss"
+
+    def __init__(self, cfg: Any, feature_dim: int, num_classes: int) -> None:
+        super().__init__(cfg, feature_dim, num_classes)
+        self.lr_mult = float(cfg.discriminator_lr_mult)
+        self.adversarial = DomainAdversarialLoss(feature_dim, hidden=cfg.discriminator_width,
+                                                 depth=cfg.discriminator_depth, dropout=cfg.discriminator_dropout,
+                                                 batch_norm=cfg.discriminator_batch_norm,
+                                                 activation=cfg.discriminator_activation, max_weight=cfg.weight,
+                                                 gamma=cfg.gamma, schedule=cfg.schedule)
+
+    def forward(self, source: DomainBatch, target: DomainBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        self.adversarial.set_progress(progress)
+        return self.adversarial(source.features, target.features)
+
+    def metrics(self, history: pd.DataFrame) -> dict[str, Any]:
+        """The state of the adversarial game at the end (label-free)."""
+        return {"domain_acc_last": float(history["domain_acc"].iloc[-1]),
+                "discriminator_active_last": float(history["discriminator_active"].iloc[-1])}
+
+    def check_history(self, history: pd.DataFrame) -> None:
+        # Leaky units keep a gradient when they do not fire, so only a ReLU discriminator can go silent.
+        if self.cfg.discriminator_activation == "relu":
+            warn_if_discriminator_collapsed(history)

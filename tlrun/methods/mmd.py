@@ -12,10 +12,16 @@ The default multipliers (0.25, 0.5, 1, 2, 4) are the usual kernel_num=5, kernel_
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, List, Sequence
 
 import torch
 from torch import nn
+
+from tlrun.config.fields import choice
+from tlrun.config.methods import AlignmentBase
+from tlrun.methods import ADAPTATION
+from tlrun.methods.alignment import Alignment, DomainBatch
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 ESTIMATORS = ("quadratic", "linear")
@@ -108,3 +114,31 @@ class MultiKernelMMDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"multipliers={self.multipliers}, estimator={self.estimator!r}"
+
+
+@dataclass
+class MmdConfig(AlignmentBase):
+    """adaptation=mmd: the kernel family and the estimator of the MK-MMD loss."""
+
+    mmd_multipliers: List[float] = field(default_factory=lambda: list(DEFAULT_MULTIPLIERS), metadata={
+        "validator": lambda v: None if v and all(x > 0 for x in v) else
+        "give one or more positive bandwidth multipliers, e.g. adaptation.mmd_multipliers=[0.5,1,2]",
+        "help": "Gaussian kernel bandwidths = multiplier x the batch's mean pairwise squared distance (DAN: 5 kernels)"})
+    mmd_estimator: str = choice("quadratic", ESTIMATORS,
+                                help="quadratic (biased V-statistic, any batch sizes) or linear (Gretton's unbiased "
+                                     "linear-time estimate)")
+
+
+@ADAPTATION.register("mmd", MmdConfig)
+class Mmd(Alignment):
+    """DAN as a step contribution: weight_p x MK-MMD(source features, target features)."""
+
+    loss_name = "mmd_loss"
+
+    def __init__(self, cfg: Any, feature_dim: int, num_classes: int) -> None:
+        super().__init__(cfg, feature_dim, num_classes)
+        self.mmd = MultiKernelMMDLoss(multipliers=tuple(cfg.mmd_multipliers), estimator=cfg.mmd_estimator)
+
+    def forward(self, source: DomainBatch, target: DomainBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        weight = self.weight(progress)
+        return weight * self.mmd(source.features, target.features), {"lambda": weight}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import urllib.error
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -54,10 +54,6 @@ class BuiltModel:
     preprocess: Preprocess
     weights: Optional[str]  # resolved weights name, or None for random init
     weights_source: str  # where they came from
-
-    def meta(self) -> dict:
-        return {"head": self.head_name, "weights": self.weights, "weights_source": self.weights_source,
-                "preprocess": asdict(self.preprocess)}
 
 
 def known_models() -> list[str]:

@@ -1,4 +1,5 @@
-"""Unsupervised domain adaptation: labelled source, unlabelled target (DANN, MMD, source-only).
+"""Unsupervised domain adaptation: labelled source, unlabelled target; the method (tlrun.methods: DANN,
+MMD, ...) is a plug-in of the step, adaptation=none with a data.target the source-only baseline.
 
 Every step draws one source and one target batch; an epoch is as long as the longer loader and the
 shorter one is cycled, never zip-truncated. Target labels are used only for reporting; the model is
@@ -8,74 +9,61 @@ selected by source validation accuracy.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from tlrun.data.pipeline import ImageDataset, PairedBatches, RunData, build_transform, load_run_data, make_loader
-from tlrun.engine import Engine, Placement, StepOutput
+from tlrun.data.datasets import ImageDataset
+from tlrun.data.loaders import PairedBatches, make_loader
+from tlrun.data.splits import RunData, load_run_data
+from tlrun.data.transforms import build_transform
+from tlrun.engine import Engine, Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError, DataError
+from tlrun.features import FeatureTap
+from tlrun.methods import ADAPTATION
+from tlrun.methods.alignment import Alignment, DomainBatch
 from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
                                     make_optimizer, prepare_model, save_model_file, write_run_artifacts)
 from tlrun.report import plot_domain_features
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 GAP_SAMPLES = 1000  # per domain, for the MMD / A-distance / plot of the feature space
 
 
-class FeatureTap:
-    """Keeps the features of the last forward: the input of the classifier head (the backbone's pooled
-    features) or, with ``layer``, the output of that module (e.g. LeNet's ``pool``: the DANN paper
-    attaches its domain classifier after the convolutional feature extractor)."""
-
-    def __init__(self, model: nn.Module, head_name: str, layer: Optional[str] = None) -> None:
-        self.features: Optional[torch.Tensor] = None
-        if layer:
-            names = [name for name, _ in model.named_modules() if name]
-            if layer not in names:
-                raise ConfigError(f"adaptation.feature_layer={layer} is not a module of the model; "
-                                  f"choose one of: {', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
-            model.get_submodule(layer).register_forward_hook(lambda _m, _args, output: self._keep(output))
-        else:
-            model.get_submodule(head_name).register_forward_pre_hook(lambda _m, args: self._keep(args[0]))
-
-    def _keep(self, features: torch.Tensor) -> None:
-        self.features = features.flatten(1)
+def feature_tap(model: nn.Module, head_name: str, cfg: DictConfig) -> FeatureTap:
+    """The tap on the features a run aligns (with features=pooled) and measures the domain gap on: the
+    head's input (pooled features), or with adaptation.feature_layer that module's output."""
+    if cfg.feature_layer:  # the DANN paper attaches its discriminator after the conv feature extractor
+        return FeatureTap(model, cfg.feature_layer, side="output", key="adaptation.feature_layer")
+    return FeatureTap(model, head_name)
 
 
-class Alignment(Protocol):
-    """A domain loss on source/target features; ``progress`` in [0, 1] drives its weight schedule."""
-
-    def __call__(self, source: torch.Tensor, target: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
-        ...
-
-
-class AdaptationStep:
-    """Cross-entropy on the source batch, plus the domain loss between source and target features.
+class AdaptationStep(TrainStep):
+    """Cross-entropy on the source batch, plus the method's domain loss between the source and target halves.
 
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
-    domains (as in DANN/DAN). Without an alignment loss (source-only) the target batch is unused.
+    domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
+    (source-only) the target batch is unused.
     """
 
-    def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, alignment: Optional[Alignment],
-                 loss_name: str, align_on: str = "pooled", label_smoothing: float = 0.0) -> None:
-        self.model, self.tap, self.placement = model, tap, placement
-        self.alignment, self.loss_name, self.align_on = alignment, loss_name, align_on
+    def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, method: Optional[Alignment],
+                 align_on: str = "pooled", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        self.tap, self.placement, self.align_on = tap, placement, align_on
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    def __call__(self, batch: Any, progress: float) -> StepOutput:
+    def forward(self, batch: Any, progress: float) -> StepOutput:
         (source_images, source_labels), (target_images, _unused_target_labels) = batch
         source_images = self.placement.images(source_images)
         source_labels = self.placement.labels(source_labels)
-        if self.alignment is None:
+        if self.method is None:
             logits = self.model(source_images)
             cls_loss = self.criterion(logits, source_labels)
             return StepOutput(cls_loss, logits, source_labels, {"cls_loss": cls_loss.item()})
@@ -85,38 +73,20 @@ class AdaptationStep:
         features = self.tap.features if self.align_on == "pooled" else logits_all
         logits = logits_all[:count]
         cls_loss = self.criterion(logits, source_labels)
-        domain_loss, stats = self.alignment(features[:count], features[count:], progress)
-        logs = {"cls_loss": cls_loss.item(), self.loss_name: domain_loss.item(), **stats}
+        domain_loss, stats = self.method(DomainBatch(features[:count], logits),
+                                         DomainBatch(features[count:], logits_all[count:]), progress)
+        logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(), **stats}
         return StepOutput(cls_loss + domain_loss, logits, source_labels, logs)
 
 
-def build_alignment(cfg, feature_dim: int) -> tuple[Optional[Alignment], Optional[nn.Module], str]:
-    """(alignment loss, its trainable modules, history column name) for adaptation.method."""
-    from tlrun.methods.dann import DomainAdversarialLoss, dann_lambda
-    from tlrun.methods.mmd import MultiKernelMMDLoss
-
-    if cfg.method == "none":
-        return None, None, "domain_loss"
-    if cfg.method == "dann":
-        # The gradient reversal layer owns the lambda schedule; the loss is added unweighted.
-        adversarial = DomainAdversarialLoss(feature_dim, hidden=cfg.discriminator_width, depth=cfg.discriminator_depth,
-                                            dropout=cfg.discriminator_dropout, batch_norm=cfg.discriminator_batch_norm,
-                                            activation=cfg.discriminator_activation,
-                                            max_weight=cfg.weight, gamma=cfg.gamma, schedule=cfg.schedule)
-
-        def dann(source: torch.Tensor, target: torch.Tensor, progress: float):
-            adversarial.set_progress(progress)
-            return adversarial(source, target)
-
-        return dann, adversarial, "domain_loss"
-    mmd = MultiKernelMMDLoss(multipliers=tuple(cfg.mmd_multipliers), estimator=cfg.mmd_estimator)
-
-    def weighted_mmd(source: torch.Tensor, target: torch.Tensor, progress: float):
-        weight = cfg.weight if cfg.schedule == "constant" else dann_lambda(progress, cfg.weight, cfg.gamma)
-        value = mmd(source, target)
-        return weight * value, {"lambda": weight}
-
-    return weighted_mmd, None, "mmd_loss"
+def build_method(cfg: DictConfig, feature_dim: int, num_classes: int) -> Optional[Alignment]:
+    """The registered method that adaptation.method names, built for these features (None: source-only)."""
+    spec = ADAPTATION.spec(cfg.method)
+    if spec.name == "none":
+        return None
+    if spec.build is None:
+        raise ConfigError(f"adaptation method '{spec.name}' registered no Alignment to build")
+    return spec.build(cfg, feature_dim, num_classes)
 
 
 def target_names(cfg) -> tuple[str, Optional[str]]:
@@ -147,23 +117,6 @@ def extract_features(model: nn.Module, tap: FeatureTap, loader: DataLoader, plac
     return torch.cat(chunks)[:limit].numpy()
 
 
-# Below this fraction of first-layer units firing, the discriminator is (nearly) a constant function.
-COLLAPSED_DISCRIMINATOR = 0.1
-
-
-def warn_if_discriminator_collapsed(history: pd.DataFrame) -> None:
-    """One warning when a ReLU discriminator went silent in the last epoch (see DomainDiscriminator); leaky
-    units keep a gradient when they do not fire, so the check is for ``discriminator_activation=relu``."""
-    if "discriminator_active" not in history or history.empty:
-        return
-    active = float(history["discriminator_active"].iloc[-1])
-    if active < COLLAPSED_DISCRIMINATOR:
-        log.warning("The domain discriminator collapsed: %.0f%% of its hidden units fire in the last epoch, so it "
-                    "outputs a near-constant and passes almost no gradient to the features (domain_acc near 0.5 here "
-                    "is not an equilibrium). Use adaptation.discriminator_activation=leaky_relu or "
-                    "adaptation.discriminator_batch_norm=true.", 100 * active)
-
-
 def domain_gap(source: np.ndarray, target: np.ndarray, seed: int) -> dict[str, float]:
     return {"mmd": feature_mmd(source, target, seed=seed), "a_distance": proxy_a_distance(source, target, seed=seed)}
 
@@ -182,7 +135,7 @@ def run_adaptation(ctx: RunContext) -> dict:
                     source.classes, target.classes)
     prepared = prepare_model(ctx, len(source.classes))
     model, placement = prepared.model, ctx.placement
-    tap = FeatureTap(model, prepared.built.head_name, cfg.adaptation.feature_layer)
+    tap = feature_tap(model, prepared.built.head_name, cfg.adaptation)
     loaders = make_loaders(ctx, source, prepared.geometry)
     eval_tf = build_transform(prepared.geometry, None, train=False)
     train_tf = build_transform(prepared.geometry, cfg.data.augment, train=True)
@@ -196,27 +149,26 @@ def run_adaptation(ctx: RunContext) -> dict:
     gap_before = domain_gap(source_before, target_before, cfg.seed)
 
     feature_dim = source_before.shape[1] if cfg.adaptation.features == "pooled" else len(source.classes)
-    alignment, auxiliary, loss_name = build_alignment(cfg.adaptation, feature_dim)
-    if auxiliary is not None:
-        auxiliary.to(ctx.device)
+    method = build_method(cfg.adaptation, feature_dim, len(source.classes))
     param_groups = prepared.plan.param_groups(model, cfg.train.lr)
-    if auxiliary is not None:
-        param_groups.append({"params": list(auxiliary.parameters()), "lr": cfg.train.lr * cfg.adaptation.discriminator_lr_mult,
-                             "stage": "discriminator"})
+    if method is not None:
+        method.to(ctx.device)
+        if any(p.requires_grad for p in method.parameters()):  # e.g. DANN's discriminator: its own group
+            param_groups.append({"params": [p for p in method.parameters() if p.requires_grad],
+                                 "lr": cfg.train.lr * method.lr_mult, "stage": cfg.adaptation.method})
     optimizer = make_optimizer(cfg.train, param_groups)
-    step = AdaptationStep(model, tap, placement, alignment, loss_name, cfg.adaptation.features,
-                          cfg.train.label_smoothing)
+    step = AdaptationStep(model, tap, placement, method, cfg.adaptation.features, cfg.train.label_smoothing)
     engine = Engine(model=model, step=step, optimizer=optimizer, train_loader=PairedBatches(loaders.train, target_train),
                     val_loader=loaders.val, placement=placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
-                    auxiliary=auxiliary, **engine_options(cfg))
+                    auxiliary=method, **engine_options(cfg))
 
     def target_columns(row: dict) -> dict[str, float]:
         return {"source_val_acc": row["val_acc"], "target_acc": engine.evaluate(target_test).acc}
 
     engine.epoch_metrics = target_columns
     fit = engine.fit()
-    if cfg.adaptation.method == "dann" and cfg.adaptation.discriminator_activation == "relu":
-        warn_if_discriminator_collapsed(fit.history)
+    if method is not None:
+        method.check_history(fit.history)
     engine.load_best()
     test = engine.evaluate(loaders.test)
     target_result = engine.evaluate(target_test)
@@ -243,8 +195,7 @@ def run_adaptation(ctx: RunContext) -> dict:
         "domain_gap_before": gap_before,
         "domain_gap_after": gap_after,
     })
-    if cfg.adaptation.method == "dann":  # the state of the adversarial game at the end (label-free)
-        metrics.update({"domain_acc_last": float(fit.history["domain_acc"].iloc[-1]),
-                        "discriminator_active_last": float(fit.history["discriminator_active"].iloc[-1])})
+    if method is not None:
+        metrics.update(method.metrics(fit.history))
     write_run_artifacts(ctx, source, fit, test, metrics)
     return metrics

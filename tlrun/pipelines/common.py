@@ -16,8 +16,10 @@ from torch import nn
 import tlrun
 from tlrun import distributed
 from tlrun.checkpoint import save_atomic
-from tlrun.data.pipeline import (ImageDataset, ImageGeometry, RunData, batch_mixer, build_transform,
-                                 in_memory, make_loader)
+from tlrun.data.datasets import ImageDataset, in_memory
+from tlrun.data.loaders import make_loader
+from tlrun.data.splits import RunData
+from tlrun.data.transforms import ImageGeometry, batch_mixer, build_transform
 from tlrun.engine import EvalResult, FitResult, Placement
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
@@ -115,10 +117,11 @@ def pin_memory(cfg: DictConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.device.pin_memory is None else bool(cfg.device.pin_memory)
 
 
-def device_settings(ctx: RunContext) -> dict:
+def device_settings(ctx: RunContext, fit: Optional[FitResult] = None) -> dict:
     """What the run actually ran on, for metrics.json."""
     cfg = ctx.cfg.device
-    return {"type": str(ctx.device), "amp": cfg.amp, "compile": cfg.compile, "channels_last": cfg.channels_last,
+    return {"sync_batchnorm": cfg.sync_batchnorm, "ranks_in_sync": fit.ranks_in_sync if fit is not None else None,
+            "type": str(ctx.device), "amp": cfg.amp, "compile": cfg.compile, "channels_last": cfg.channels_last,
             "threads": torch.get_num_threads(), "num_workers": cfg.num_workers, "pin_memory": pin_memory(ctx.cfg, ctx.device),
             "deterministic": cfg.deterministic, "world_size": distributed.world_size(),
             "cuda_device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None}
@@ -132,7 +135,8 @@ def engine_options(cfg: DictConfig) -> dict:
     return dict(pipeline=select_pipeline(cfg), epochs=train.epochs, scheduler=train.scheduler, warmup_epochs=train.warmup_epochs,
                 step_size=train.step_size, gamma=train.gamma, grad_clip=train.grad_clip,
                 patience=train.early_stopping.patience, min_delta=train.early_stopping.min_delta,
-                progress=train.progress, resume=Path(train.resume) if train.resume else None)
+                progress=train.progress, resume=Path(train.resume) if train.resume else None,
+                sync_batchnorm=cfg.device.sync_batchnorm)
 
 
 def save_model_file(ctx: RunContext, prepared: PreparedModel, data: RunData, path: Optional[Path] = None) -> Path:
@@ -168,7 +172,7 @@ def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: 
         "params_trainable": count_params(p for p in model.parameters() if p.requires_grad),
         "wall_time_s": round(time.perf_counter() - ctx.started, 2),
         "device": str(ctx.device),
-        "device_settings": device_settings(ctx),
+        "device_settings": device_settings(ctx, fit),
         "model": ctx.cfg.model.name,
         "weights": prepared.built.weights,
         "weights_source": prepared.built.weights_source,

@@ -18,6 +18,7 @@ teacher once.
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -36,13 +37,16 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.cache import cache_root, digest, file_digest, images_digest, is_intact, locked, remove_entry, seal
 from tlrun.checkpoint import isolated_rng, load_file, remove_stale_temp_files, save_atomic
 from tlrun.config import random_augmentations
-from tlrun.data.pipeline import (ImageDataset, ImageGeometry, PairedBatches, RunData, batch_mixer, build_transform,
-                                 in_memory, left_out_images, load_run_data, make_loader)
+from tlrun.data.datasets import ImageDataset, in_memory
+from tlrun.data.loaders import PairedBatches, make_loader
 from tlrun.data.sources import ImageSet
-from tlrun.engine import Engine, FitResult, Placement, StepOutput, hard_labels
+from tlrun.data.splits import RunData, left_out_images, load_run_data
+from tlrun.data.transforms import ImageGeometry, batch_mixer, build_transform
+from tlrun.engine import Engine, FitResult, Placement, StepOutput, TrainStep, hard_labels
 from tlrun.errors import CheckpointError, ConfigError, DataError, WeightsError
 from tlrun.freeze import count_params
-from tlrun.methods.kd import soft_target_kl
+from tlrun.methods import DISTILL
+from tlrun.methods.kd import DistillationLoss
 from tlrun.models.catalog import MODEL_DEFAULTS
 from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, engine_options,
                                     make_loaders, make_optimizer, prepare_model, save_model_file,
@@ -113,17 +117,18 @@ class OnlineTeacher:
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, training indices) -> logits
 
 
-class DistillationStep:
+class DistillationStep(TrainStep):
     """Hinton KD on a labelled batch; with ``transfer_teacher`` a batch is (labelled, unlabelled transfer)
-    and the soft-target term covers both, the hard-label term the labelled images only."""
+    and the soft-target term covers both, the hard-label term the labelled images only. The teachers are
+    plain callables, not submodules: they never train and DDP never sees them."""
 
-    def __init__(self, model: nn.Module, placement: Placement, teacher: TeacherLogits, temperature: float,
-                 alpha: float, label_smoothing: float = 0.0, transfer_teacher: Optional[TeacherLogits] = None) -> None:
-        self.model, self.placement, self.teacher = model, placement, teacher
-        self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
-        self.transfer_teacher = transfer_teacher
+    def __init__(self, model: nn.Module, placement: Placement, teacher: TeacherLogits, loss: DistillationLoss,
+                 transfer_teacher: Optional[TeacherLogits] = None) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.placement, self.teacher, self.transfer_teacher = placement, teacher, transfer_teacher
 
-    def __call__(self, batch: Any, progress: float) -> StepOutput:
+    def forward(self, batch: Any, progress: float) -> StepOutput:
         if self.transfer_teacher is None:
             (images, targets, index), transfer = batch, None
         else:
@@ -137,14 +142,11 @@ class DistillationStep:
             transfer_images = self.placement.images(transfer_images)
             teacher = torch.cat([teacher, self.transfer_teacher(transfer_images, transfer_index).float()])
             images = torch.cat([images, transfer_images])
-        all_logits = self.model(images)
-        logits = all_logits[:count]
         # With MixUp/CutMix the targets are class probabilities (cross-entropy takes them as they are)
         # and the online teacher has seen the same mixed images.
-        kd = soft_target_kl(all_logits, teacher.to(all_logits.dtype), self.temperature)
-        ce = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        loss = self.alpha * kd + (1.0 - self.alpha) * ce
-        return StepOutput(loss, logits, hard_labels(targets), {"kd_loss": kd.item(), "ce_loss": ce.item()})
+        all_logits = self.model(images)
+        loss, logs = self.loss(all_logits, teacher, targets)
+        return StepOutput(loss, all_logits[:count], hard_labels(targets), logs)
 
 
 def teacher_logits_mode(cfg: DictConfig) -> str:
@@ -179,6 +181,7 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     teacher_cfg.train.progress = cfg.train.progress
     teacher_cfg.train.resume = None  # the student's resume is not the stage's
     teacher_cfg.distill = {"method": "none"}
+    teacher_cfg.adaptation = {"method": "none"}
     if cfg.distill.teacher_image_size:
         teacher_cfg.data.image_size, teacher_cfg.data.resize_size = cfg.distill.teacher_image_size, None
     if classes is not None:
@@ -263,8 +266,8 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
 
 @torch.inference_mode()
 def latency_ms(model: nn.Module, size: int, repeats: int = 30) -> float:
-    """Median batch-1 CPU inference time."""
-    model = model.to("cpu").eval()
+    """Median batch-1 CPU inference time of a CPU copy of ``model`` (the model itself is left as it is)."""
+    model = copy.deepcopy(model).to("cpu").eval()
     x = torch.zeros(1, 3, size, size)
     for _ in range(3):
         model(x)
@@ -319,8 +322,16 @@ def refuse_batch_mixing(cfg: DictConfig, why: str) -> None:
 
 def check_kd_options(cfg: DictConfig) -> None:
     refuse_cached_batch_mixing(cfg)
-    if cfg.distill.transfer_images:
+    if cfg.distill.get("transfer_images"):
         refuse_batch_mixing(cfg, "distill.transfer_images (unlabelled images have no labels to mix)")
+
+
+def distillation_loss_of(cfg: DictConfig) -> nn.Module:
+    """The loss of the distillation method the run names (a method registered for the kd pipeline builds
+    it from its node: ``build(cfg.distill, label_smoothing)``); Hinton KD for the few-shot kd_finetune mode."""
+    spec = DISTILL.spec(cfg.distill.method)
+    loss_type = spec.build if spec.pipeline == "kd" and spec.build is not None else DistillationLoss
+    return loss_type.from_config(cfg.distill, cfg.train.label_smoothing)
 
 
 @dataclass
@@ -343,7 +354,7 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     check_same_classes(teacher, data)
     mode = teacher_logits_mode(cfg)
     transfer = None
-    if cfg.distill.transfer_images:
+    if cfg.distill.get("transfer_images"):
         transfer = left_out_images(cfg.data, cfg.seed, data, cfg.distill.transfer_images)
         log.info("Transfer set: %d unlabelled images of %s outside the run's splits join the soft-target term",
                  len(transfer), data.name)
@@ -373,8 +384,8 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
                                                                cfg.train.batch_size, True, cfg.seed + 1,
                                                                cfg.device.num_workers))
     optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
-    step = DistillationStep(prepared.model, ctx.placement, source, cfg.distill.temperature, cfg.distill.alpha,
-                            cfg.train.label_smoothing, transfer_source)
+    loss = distillation_loss_of(cfg)
+    step = DistillationStep(prepared.model, ctx.placement, source, loss, transfer_source)
     engine = Engine(model=prepared.model, step=step, optimizer=optimizer, train_loader=train_loader,
                     val_loader=loaders.val, placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
                     **engine_options(cfg))
@@ -402,6 +413,7 @@ def run_kd(ctx: RunContext) -> dict:
     metrics = base_metrics(ctx, "kd", prepared, data, fit, test)
     params_teacher, params_student = count_params(teacher.model.parameters()), metrics["params_total"]
     metrics.update({
+        "distill_method": cfg.distill.method,
         "teacher": str(teacher_file),
         "teacher_model": teacher.model_name,
         "teacher_source": teacher_source,
@@ -416,8 +428,9 @@ def run_kd(ctx: RunContext) -> dict:
         "params_teacher": params_teacher,
         "params_student": params_student,
         "compression_ratio": params_teacher / params_student,
-        "latency_ms_teacher": latency_ms(teacher.model, teacher.geometry.crop_size),
-        "latency_ms_student": latency_ms(prepared.model, prepared.geometry.crop_size),
     })
+    if cfg.distill.get("latency"):  # after the run's own results, on copies: training never pays for it
+        metrics.update(latency_ms_teacher=latency_ms(teacher.model, teacher.geometry.crop_size),
+                       latency_ms_student=latency_ms(prepared.model, prepared.geometry.crop_size))
     write_run_artifacts(ctx, data, fit, test, metrics)
     return metrics

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tlrun.data.pipeline import RunData, load_run_data
+from tlrun.data.splits import RunData, load_run_data
 from tlrun.errors import ConfigError
 from tlrun.engine import ClassificationStep, Engine
 from tlrun.feature_cache import build_feature_cache, forward_from_features

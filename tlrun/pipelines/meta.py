@@ -22,7 +22,6 @@ and evaluation alike.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -36,11 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlrun.artifacts import LoadedModel
+from tlrun.data.datasets import ImageDataset
 from tlrun.data.episodes import Episode, EpisodeSampler, EpisodeStream
-from tlrun.data.pipeline import ImageDataset, RunData, build_transform, load_run_data, make_loader
+from tlrun.data.loaders import make_loader
 from tlrun.data.sources import ImageSet
-from tlrun.engine import Engine, EvalResult, Placement, StepOutput
+from tlrun.data.splits import RunData, load_run_data
+from tlrun.data.transforms import build_transform
+from tlrun.engine import Engine, EvalResult, Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError
+from tlrun.features import FeatureTap
 from tlrun.freeze import count_params
 from tlrun.methods.kd import distillation_loss
 from tlrun.methods.maml import Params, adapt, detached_copy, forward_with, trainable_params
@@ -48,7 +51,7 @@ from tlrun.methods.protonet import class_prototypes, prototype_head, prototype_l
 from tlrun.models.factory import find_head
 from tlrun.pipelines.common import (PIPELINES, PreparedModel, RunContext, base_metrics, engine_options,
                                     make_optimizer, prepare_model, save_model_file)
-from tlrun.pipelines.distill import fit_kd_student, load_teacher, predict_logits, refuse_batch_mixing
+from tlrun.pipelines.distill import fit_kd_student, load_teacher, refuse_batch_mixing
 from tlrun.report import plot_confusion, plot_curves, print_summary, write_json
 
 log = logging.getLogger(__name__)
@@ -106,23 +109,22 @@ def restrict(data: RunData, keep: list[int]) -> RunData:
 
 # --- teacher ---------------------------------------------------------------------------------------
 
-def feature_extractor(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` that outputs the pooled features its classifier layer reads."""
-    features = copy.deepcopy(model)
-    features.set_submodule(find_head(features)[0], nn.Identity())
-    return features.eval()
-
-
 class TeacherFeatures:
-    """The teacher's embedding of every image of a set, computed once; episodes look them up by index."""
+    """The teacher's embedding (what its classifier layer reads) of every image of a set, computed once;
+    episodes look them up by index."""
 
     def __init__(self, teacher: LoadedModel, placement: Placement, batch_size: int) -> None:
-        self.model, self.geometry = feature_extractor(teacher.model), teacher.geometry
+        self.model, self.geometry = teacher.model.eval(), teacher.geometry
+        self.head_name = find_head(teacher.model)[0]
         self.placement, self.batch_size = placement, batch_size
 
+    @torch.inference_mode()
     def embed(self, images: ImageSet) -> torch.Tensor:
-        dataset = ImageDataset(images, build_transform(self.geometry, None, train=False))
-        return predict_logits(self.model, make_loader(dataset, self.batch_size, False, 0), self.placement)
+        loader = make_loader(ImageDataset(images, build_transform(self.geometry, None, train=False)), self.batch_size,
+                             False, 0)
+        self.model.eval()
+        with FeatureTap(self.model, self.head_name, stop=True) as tap:  # the head itself never runs
+            return torch.cat([tap(self.placement.images(batch)).float().cpu() for batch, *_ in loader])
 
 
 def episode_teacher_logits(features: torch.Tensor, episode: Episode, n_way: int, scale: float
@@ -143,10 +145,11 @@ def use_batch_statistics(model: nn.Module) -> None:
             module.running_mean = module.running_var = module.num_batches_tracked = None
 
 
-class MetaLearner:
+class MetaLearner(TrainStep):
     """Inner-loop adaptation of the student on an episode's support set (MAML / meta-distillation)."""
 
     def __init__(self, model: nn.Module, placement: Placement, cfg, teacher_features: Optional[torch.Tensor]) -> None:
+        super().__init__()
         self.model, self.placement, self.cfg = model, placement, cfg
         self.teacher_features = teacher_features.to(placement.device) if teacher_features is not None else None
 
@@ -170,7 +173,7 @@ class MetaLearner:
         adapted, losses = adapt(self.model, params, support_x, loss_fn, steps, self.cfg.inner_lr, first_order)
         return adapted, losses, teacher[1] if teacher else None
 
-    def __call__(self, batch: list[Episode], progress: float) -> StepOutput:
+    def forward(self, batch: list[Episode], progress: float) -> StepOutput:
         """One outer step: the mean query loss of the adapted copies over a meta-batch of episodes."""
         losses, logits_all, targets_all = [], [], []
         inner_first, inner_last = 0.0, 0.0
@@ -244,12 +247,14 @@ class ProtoHeadPredictor:
     """kd_finetune at test time: the student's features, a prototype-initialised head, CE on the support."""
 
     def __init__(self, student: nn.Module, placement: Placement, cfg) -> None:
-        self.features, self.placement, self.cfg = feature_extractor(student), placement, cfg
+        self.student, self.placement, self.cfg = student, placement, cfg
+        self.head_name = find_head(student)[0]
 
     def __call__(self, episode: Episode) -> torch.Tensor:
-        with torch.no_grad():
-            support = F.normalize(self.features(self.placement.images(episode.support_x)), dim=1)
-            query = F.normalize(self.features(self.placement.images(episode.query_x)), dim=1)
+        self.student.eval()
+        with torch.no_grad(), FeatureTap(self.student, self.head_name, stop=True) as features:
+            support = F.normalize(features(self.placement.images(episode.support_x)), dim=1)
+            query = F.normalize(features(self.placement.images(episode.query_x)), dim=1)
         head = prototype_head(class_prototypes(support, self.placement.labels(episode.support_y), self.cfg.n_way),
                               self.cfg.teacher_scale).to(support.device)
         support_y = self.placement.labels(episode.support_y)
@@ -267,8 +272,6 @@ def run_meta(ctx: RunContext) -> dict:
     cfg, meta = ctx.cfg, ctx.cfg.distill
     mode = meta.meta_mode
     refuse_batch_mixing(cfg, "distill=meta (episodes of support/query images)")
-    if meta.transfer_images:  # they would include images of the held-out meta-test classes
-        raise ConfigError("distill.transfer_images is for distill=kd; set distill.transfer_images=0 with distill=meta")
     data = load_run_data(cfg.data, cfg.seed)
     split = split_classes(data.classes, meta.meta_test_classes, meta.n_way)
     log.info("Meta-%s: meta-train classes %s, held-out meta-test classes %s", mode,

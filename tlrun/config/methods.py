@@ -1,0 +1,106 @@
+"""The base nodes of the method groups ``adaptation=`` and ``distill=``.
+
+Each method's own node extends one of these with only its keys, in the method's module
+(``tlrun/methods/dann.py``: ``DannConfig(AlignmentBase)``), so ``adaptation.discriminator_width``
+exists only under DANN. ``adaptation=none`` / ``distill=none`` are the bare base nodes. The YAML of an
+option (``conf/adaptation/dann.yaml``) holds the same keys and defaults (tests/test_methods.py checks
+that the two agree), so Hydra rejects another method's key while composing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from tlrun.config.fields import bounded, choice, path_field
+from tlrun.errors import ConfigError
+
+FREEZE_STRATEGIES = ("none", "all", "partial", "early", "discriminative")
+
+
+def method_field(help: str) -> Any:
+    """The ``method`` key of a method node: its value is checked against the method registry."""
+    return field(default="none", metadata={"method": True, "help": help})
+
+
+@dataclass
+class AdaptationBase:
+    """Unsupervised domain adaptation (source labels, unlabelled target); adaptation=none with a
+    data.target is the source-only baseline."""
+
+    method: str = method_field("Domain adaptation to data.target: none (source-only when data.target is set) or a "
+                               "registered method (tlrun --help adaptation lists them)")
+    features: str = choice("pooled", ("pooled", "logits"),
+                           help="Which features are aligned: the backbone's pooled features (the head's input) "
+                                "or the logits")
+    # The DANN paper attaches its discriminator to the conv features (e.g. feature_layer=pool).
+    feature_layer: Optional[str] = field(default=None, metadata={
+        "help": "With features=pooled: align the (flattened) output of this module instead, e.g. pool or "
+                "features.13; null = the head's input"})
+    feature_plot: str = choice("pca", ("pca", "tsne"),
+                               help="features.png: source vs target features before/after training, by pca or tsne")
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """Cross-key checks of the whole run config that concern this group (none here)."""
+
+
+@dataclass
+class AlignmentBase(AdaptationBase):
+    """A method that adds a weighted domain loss to the source cross-entropy."""
+
+    weight: float = bounded(1.0, low=0.0,
+                            help="Weight of the domain loss at the end of training (DANN's lambda max / DAN's "
+                                 "trade-off)")
+    schedule: str = choice("dann", ("dann", "constant"),
+                           help="Domain-loss weight over progress p (iterations): dann ramps it as "
+                                "weight * (2 / (1 + exp(-gamma * p)) - 1), constant keeps it at weight")
+    gamma: float = bounded(10.0, low=0.0, low_open=True, help="Steepness of the dann schedule's ramp")
+
+
+@dataclass
+class DistillBase:
+    """Knowledge distillation of a teacher into the run's model (the student)."""
+
+    method: str = method_field("Knowledge distillation: none, or a registered method (tlrun --help distill lists "
+                               "them)")
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """Cross-key checks of the whole run config that concern this group (none here)."""
+
+
+@dataclass
+class TeacherBase(DistillBase):
+    """A method with a teacher: a finished run, or a fine-tuned stage cached by its config and data."""
+
+    teacher: Optional[str] = path_field(
+        help="Teacher: a finished run folder or its ft_model.pt; null = fine-tune distill.teacher_model first "
+             "(a cached stage)")
+    teacher_model: str = field(default="mobilenet_v2", metadata={
+        "help": "Teacher architecture fine-tuned first when distill.teacher is null"})
+    teacher_freeze: str = choice("none", FREEZE_STRATEGIES, help="freeze.strategy of that teacher stage")
+    teacher_epochs: int = bounded(4, low=1, help="Training epochs of that teacher stage")
+    # A big pretrained teacher often wants more pixels than a small student.
+    teacher_image_size: Optional[int] = bounded(None, low=8,
+                                                help="Input size of the teacher stage; null = data.image_size")
+    temperature: float = bounded(4.0, low=0.0, low_open=True,
+                                 help="Softmax temperature T of the soft targets (the KL term is scaled by T^2)")
+    alpha: float = bounded(0.7, low=0.0, high=1.0,
+                           help="Weight of the soft (teacher) term; 1 - alpha weights the hard-label cross-entropy")
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        if cfg.distill.teacher:
+            check_teacher_path(str(cfg.distill.teacher))
+
+
+def check_teacher_path(teacher: str) -> None:
+    """Fail before any data is loaded when distill.teacher names no model file (same words as the loader)."""
+    path = Path(teacher).expanduser()
+    if not (path.is_file() or (path / "ft_model.pt").is_file()):
+        raise ConfigError(f"distill.teacher={teacher}: no ft_model.pt at {path}; "
+                          "give a finished run folder or its ft_model.pt")
