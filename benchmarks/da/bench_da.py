@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Domain-adaptation benchmark: source-only, DANN, MMD and the target oracle over seeds.
+"""Domain-adaptation benchmark: source-only, DANN, MMD, Deep CORAL and the target oracle over seeds.
 
     python benchmarks/da/bench_da.py [--pairs cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits]
                                       [--seeds 0,1,2] [--epochs 12] [--jobs 2] [--optimizer adam|sgd] [--out DIR]
@@ -27,7 +27,7 @@ from tlrun.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
 
-METHODS = ("source_only", "dann", "mmd", "oracle")
+METHODS = ("source_only", "dann", "mmd", "coral", "oracle")
 # Ablation (not run by default, --methods ...,dann_lambda0): DANN with lambda = 0, i.e. source-only training whose
 # BatchNorm layers see the concatenated source + target batches, without any adversarial gradient.
 ABLATIONS = ("dann_lambda0",)
@@ -112,7 +112,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             if method not in by_method.index:
                 continue
             mean, std, count = by_method.loc[method, ["mean", "std", "count"]]
-            comparable = method in ("dann", "mmd", *ABLATIONS) and base is not None and oracle is not None and oracle != base
+            comparable = method in ("dann", "mmd", "coral", *ABLATIONS) and base is not None and oracle is not None and oracle != base
             closure = (mean - base) / (oracle - base) if comparable else float("nan")
             gaps = ok[(ok["pair"] == pair) & (ok["method"] == method)]
             rows.append({"pair": pair, "method": method, "target_acc": f"{100 * mean:.2f} ± {100 * std:.2f}",

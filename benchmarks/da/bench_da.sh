@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Domain-adaptation benchmark (source-only, DANN, MMD, oracle over seeds; prints benchmarks/da/README.md's table).
+# Domain-adaptation benchmark (source-only, DANN, MMD, CORAL, oracle over seeds; prints benchmarks/da/README.md's table).
 # Knobs: PAIRS=cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits SEEDS=0,1,2 EPOCHS=12 JOBS=2
 #        OPTIMIZER=adam (sgd: the DANN paper's recipe) OUT=benchmarks/da/results EXTRA="k=v ..." PYTHON=.venv/bin/python
 set -euo pipefail
