@@ -12,10 +12,11 @@ by broadcast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,12 +31,32 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_ALONE = False  # inside single_process(): this rank works on its own, no collectives
+
+
+def _joined() -> bool:
+    return not _ALONE and dist.is_available() and dist.is_initialized()
+
+
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _joined() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if _joined() else 1
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Within the block this rank runs as if alone (world size 1: no DDP, no sharding, no collectives).
+    For work one rank does for all under a file lock, e.g. a cached teacher stage: whichever rank takes
+    the lock first trains it, the others then find it in the cache, and no rank waits in a collective."""
+    global _ALONE
+    previous, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = previous
 
 
 def is_main() -> bool:

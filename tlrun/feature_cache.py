@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from tlrun.config import random_augmentations
 from tlrun.checkpoint import remove_stale_temp_files
 from tlrun.data.datasets import ImageDataset
 from tlrun.data.loaders import make_loader
-from tlrun.data.sources import ImageSet
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError
 from tlrun.features import FeatureTap

@@ -44,12 +44,15 @@ def output_dir(out: Optional[str], default_root: str, result_file: str) -> Path:
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temp file beside ``path`` (``.<name>.tmp-<pid>``) for the block to write; when the block succeeds it is
     flushed to disk and renamed over ``path``, so a reader (or a kill at any instant) sees the old file or the
-    new one, never a torn one. On failure the temp file is removed. Stale ones of dead writers are cleaned by
+    new one, never a torn one. On failure the temp file is removed; a block that writes nothing (an optional
+    output, e.g. a heatmap without a metric) leaves ``path`` as it was. Stale ones of dead writers are cleaned by
     ``checkpoint.remove_stale_temp_files``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if not tmp.exists():
+            return
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -390,7 +390,7 @@ def render_reference() -> str:
         out += _key_table(keys_of(schema, f"{section}."))
         out.append("")
         if section in METHOD_GROUPS:
-            out += [f"Each method's node adds its own keys (a key of another method is refused):", ""]
+            out += ["Each method's node adds its own keys (a key of another method is refused):", ""]
             for option, method_schema_, doc in method_nodes(section):
                 out += [f"### {section}={option}", "", _sentence(doc), ""]
                 out += _key_table(method_keys(section, method_schema_))

@@ -11,19 +11,18 @@ No torch import here: the report command answers quickly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from tlrun.paths import locked
+from tlrun.paths import atomic_path, locked
 
 from tlrun.errors import ConfigError
 
@@ -202,21 +201,6 @@ def plot_heatmap(frame: pd.DataFrame, swept: list[str], metric: str, path: Path)
     return path
 
 
-@contextlib.contextmanager
-def _staged(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary siblings of ``paths``, moved onto them only once the block has written them all; on an
-    error they are removed, so a failed write (full disk...) leaves the previous files as they were."""
-    tmps = [path.with_name(f".{path.name}.tmp") for path in paths]
-    try:
-        yield tmps
-        for tmp, path in zip(tmps, paths):
-            if tmp.exists():  # the heatmap is skipped when there is no metric
-                tmp.replace(path)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-
-
 def write_report(sweep_dir: Path, metric: Optional[str] = None, final: bool = True) -> SweepReport:
     """Write sweep_summary.csv and sweep_heatmap.png at the sweep root (safe with parallel jobs).
 
@@ -226,7 +210,8 @@ def write_report(sweep_dir: Path, metric: Optional[str] = None, final: bool = Tr
         frame, swept = collect(sweep_dir, final)
         summary, heatmap = sweep_dir / SUMMARY_FILE, sweep_dir / HEATMAP_FILE
         metric = metric or next((m for m in SUMMARY_METRICS if m in frame), None)
-        with _staged(summary, heatmap) as (summary_tmp, heatmap_tmp):
+        # Both written to temporary files first: a failed write (full disk...) leaves the previous ones as they were.
+        with atomic_path(summary) as summary_tmp, atomic_path(heatmap) as heatmap_tmp:
             frame.to_csv(summary_tmp, index=False)
             drawn = plot_heatmap(frame, swept, metric, heatmap_tmp) if metric and len(frame) else None
     return SweepReport(summary, heatmap if drawn else None, len(frame), _count(frame, "failed"), swept,

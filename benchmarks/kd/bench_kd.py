@@ -177,8 +177,9 @@ def main() -> None:
         teacher = train_teacher(out, teacher_data, args.teacher_size, args.teacher_epochs, args.teacher_model)
         teachers = {seed: teacher for seed in seeds}
     print(f"2. student alone vs KD, seeds {seeds}", flush=True)
+    # distill.latency=true: the table's batch-1 CPU latency of teacher and student (measured after training).
     kd_args = [f"distill.temperature={args.temperature:g}", f"distill.alpha={args.alpha:g}",
-               f"distill.teacher_logits={args.teacher_logits}", *shlex.split(args.kd_extra)]
+               f"distill.teacher_logits={args.teacher_logits}", "distill.latency=true", *shlex.split(args.kd_extra)]
     runs = compare_seeds(out, common, seeds, teachers, kd_args)
     runs.to_csv(out / "bench_kd.csv", index=False)
     alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))

@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache

@@ -19,16 +19,16 @@ from torch.utils.data import DataLoader
 
 from tlrun.data.datasets import ImageDataset
 from tlrun.data.loaders import PairedBatches, make_loader
-from tlrun.data.splits import RunData, load_run_data
+from tlrun.data.splits import load_run_data
 from tlrun.data.transforms import build_transform
-from tlrun.engine import Engine, Placement, StepOutput, TrainStep
+from tlrun.engine import Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError, DataError
 from tlrun.features import FeatureTap
 from tlrun.methods import ADAPTATION
 from tlrun.methods.alignment import Alignment, DomainBatch
 from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
-from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
-                                    make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, make_engine, make_loaders, prepare_model,
+                                    save_model_file, write_run_artifacts)
 from tlrun.report import plot_domain_features
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,15 @@ def run_adaptation(ctx: RunContext) -> dict:
 
     feature_dim = source_before.shape[1] if cfg.adaptation.features == "pooled" else len(source.classes)
     method = build_method(cfg.adaptation, feature_dim, len(source.classes))
-    param_groups = prepared.plan.param_groups(model, cfg.train.lr)
+    method_groups = []
     if method is not None:
         method.to(ctx.device)
         if any(p.requires_grad for p in method.parameters()):  # e.g. DANN's discriminator: its own group
-            param_groups.append({"params": [p for p in method.parameters() if p.requires_grad],
-                                 "lr": cfg.train.lr * method.lr_mult, "stage": cfg.adaptation.method})
-    optimizer = make_optimizer(cfg.train, param_groups)
+            method_groups.append({"params": [p for p in method.parameters() if p.requires_grad],
+                                  "lr": cfg.train.lr * method.lr_mult, "stage": cfg.adaptation.method})
     step = AdaptationStep(model, tap, placement, method, cfg.adaptation.features, cfg.train.label_smoothing)
-    engine = Engine(model=model, step=step, optimizer=optimizer, train_loader=PairedBatches(loaders.train, target_train),
-                    val_loader=loaders.val, placement=placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
-                    auxiliary=method, **engine_options(cfg))
+    engine = make_engine(ctx, prepared, step, PairedBatches(loaders.train, target_train), loaders.val,
+                         method_groups, auxiliary=method)
 
     def target_columns(row: dict) -> dict[str, float]:
         return {"source_val_acc": row["val_acc"], "target_acc": engine.evaluate(target_test).acc}
@@ -197,5 +195,5 @@ def run_adaptation(ctx: RunContext) -> dict:
     })
     if method is not None:
         metrics.update(method.metrics(fit.history))
-    write_run_artifacts(ctx, source, fit, test, metrics)
+    write_run_artifacts(ctx, metrics, test, source.classes, history=fit.history, data=source)
     return metrics

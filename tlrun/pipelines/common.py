@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,12 +20,15 @@ from tlrun.data.datasets import ImageDataset, in_memory
 from tlrun.data.loaders import make_loader
 from tlrun.data.splits import RunData
 from tlrun.data.transforms import ImageGeometry, batch_mixer, build_transform
-from tlrun.engine import EvalResult, FitResult, Placement
+from tlrun.engine import Engine, EvalResult, FitResult, Placement, TrainStep
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
 from tlrun.models.factory import BuiltModel, build_model
 from tlrun.registry import Registry
 from tlrun.report import plot_confusion, plot_curves, print_summary, write_classification_report, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +195,33 @@ def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: 
     }
 
 
-def write_run_artifacts(ctx: RunContext, data: RunData, fit: FitResult, test: EvalResult,
-                        metrics: dict) -> None:
-    """Everything a finished run leaves besides checkpoints: metrics, plots, report, split."""
+def write_run_artifacts(ctx: RunContext, metrics: dict, test: EvalResult, classes: list[str], *,
+                        history: Optional[pd.DataFrame] = None, data: Optional[RunData] = None,
+                        curves_title: Optional[str] = None, confusion_title: Optional[str] = None,
+                        summary_keys: Optional[list[str]] = None) -> None:
+    """Everything a finished run leaves besides checkpoints, for every pipeline: split.csv and
+    classification_report.txt (for a run with ``data``'s labelled splits), curves.png (with a history),
+    confusion_matrix.png of ``test``, metrics.json (wall time up to now) and the summary table."""
     run_dir = ctx.run_dir
-    data.split_table().to_csv(run_dir / "split.csv", index=False)
-    plot_curves(fit.history, run_dir / "curves.png", title=f"{metrics['model']} on {data.name}")
-    plot_confusion(test.targets, test.predictions, data.classes, run_dir / "confusion_matrix.png",
-                   title=f"test confusion matrix (acc {test.acc:.4f})")
-    write_classification_report(test.targets, test.predictions, data.classes, run_dir / "classification_report.txt")
+    if data is not None:
+        data.split_table().to_csv(run_dir / "split.csv", index=False)
+        write_classification_report(test.targets, test.predictions, classes, run_dir / "classification_report.txt")
+    if history is not None:
+        plot_curves(history, run_dir / "curves.png",
+                    title=curves_title or f"{metrics['model']} on {data.name if data else metrics.get('data')}")
+    plot_confusion(test.targets, test.predictions, classes, run_dir / "confusion_matrix.png",
+                   title=confusion_title or f"test confusion matrix (acc {test.acc:.4f})")
     metrics["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
     write_json(metrics, run_dir / "metrics.json")
-    print_summary(metrics, run_dir)
+    print_summary(metrics, run_dir, **({"keys": summary_keys} if summary_keys else {}))
+
+
+def make_engine(ctx: RunContext, prepared: PreparedModel, step: TrainStep, train_loader: Iterable,
+                val_loader: Optional[torch.utils.data.DataLoader], extra_groups: Iterable[dict] = (),
+                **options: Any) -> Engine:
+    """The run's one Engine: the freeze plan's parameter groups (plus a method's own), the configured
+    optimizer and schedule, checkpoints in the run folder, train.* and device options."""
+    groups = prepared.plan.param_groups(prepared.model, ctx.cfg.train.lr) + list(extra_groups)
+    return Engine(model=prepared.model, step=step, optimizer=make_optimizer(ctx.cfg.train, groups),
+                  train_loader=train_loader, val_loader=val_loader, placement=ctx.placement, run_dir=ctx.run_dir,
+                  freeze_plan=prepared.plan, **engine_options(ctx.cfg), **options)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import tlrun
+from tlrun import distributed
 from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.cache import cache_root, digest, file_digest, images_digest, is_intact, locked, remove_entry, seal
 from tlrun.checkpoint import isolated_rng, load_file, remove_stale_temp_files, save_atomic
@@ -48,8 +49,8 @@ from tlrun.freeze import count_params
 from tlrun.methods import DISTILL
 from tlrun.methods.kd import DistillationLoss
 from tlrun.models.catalog import MODEL_DEFAULTS
-from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, engine_options,
-                                    make_loaders, make_optimizer, prepare_model, save_model_file,
+from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, make_engine,
+                                    make_loaders, prepare_model, save_model_file,
                                     write_run_artifacts)
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,9 @@ def train_stage(ctx: RunContext, teacher_cfg: DictConfig, stage_dir: Path, data:
              stage_dir)
     teacher_cfg.train.resume = str(stage_dir) if resume else None
     stage_dir.mkdir(parents=True, exist_ok=True)
-    with isolated_rng(teacher_cfg.seed):
+    # Under torchrun the rank that holds the stage's lock trains it alone (the others wait for the lock, then
+    # load it): a stage is one process's run, whatever the student's world size.
+    with isolated_rng(teacher_cfg.seed), distributed.single_process():
         run_finetune(RunContext(teacher_cfg, stage_dir, ctx.device), data)
 
 
@@ -383,12 +386,9 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
         train_loader = PairedBatches(train_loader, make_loader(Indexed(ImageDataset(transfer, train_tf)),
                                                                cfg.train.batch_size, True, cfg.seed + 1,
                                                                cfg.device.num_workers))
-    optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
     loss = distillation_loss_of(cfg)
     step = DistillationStep(prepared.model, ctx.placement, source, loss, transfer_source)
-    engine = Engine(model=prepared.model, step=step, optimizer=optimizer, train_loader=train_loader,
-                    val_loader=loaders.val, placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan,
-                    **engine_options(cfg))
+    engine = make_engine(ctx, prepared, step, train_loader, loaders.val)
     fit = engine.fit()
     engine.load_best()
     return StudentFit(engine, fit, loaders, logits_cache, mode, len(transfer) if transfer is not None else 0)
@@ -432,5 +432,5 @@ def run_kd(ctx: RunContext) -> dict:
     if cfg.distill.get("latency"):  # after the run's own results, on copies: training never pays for it
         metrics.update(latency_ms_teacher=latency_ms(teacher.model, teacher.geometry.crop_size),
                        latency_ms_student=latency_ms(prepared.model, prepared.geometry.crop_size))
-    write_run_artifacts(ctx, data, fit, test, metrics)
+    write_run_artifacts(ctx, metrics, test, data.classes, history=fit.history, data=data)
     return metrics

@@ -9,10 +9,10 @@ from typing import Optional
 
 from tlrun.data.splits import RunData, load_run_data
 from tlrun.errors import ConfigError
-from tlrun.engine import ClassificationStep, Engine
+from tlrun.engine import ClassificationStep
 from tlrun.feature_cache import build_feature_cache, forward_from_features
-from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, engine_options, make_loaders,
-                                    make_optimizer, prepare_model, save_model_file, write_run_artifacts)
+from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, make_engine, make_loaders, prepare_model,
+                                    save_model_file, write_run_artifacts)
 from tlrun.progressive import fit_phases, phase_geometry
 
 
@@ -32,11 +32,8 @@ def run_finetune(ctx: RunContext, data: Optional[RunData] = None) -> dict:
     features, cache_info = build_feature_cache(cfg, prepared.model, prepared.plan, ctx.placement,
                                                prepared.geometry.crop_size, loaders.train.dataset,
                                                loaders.val.dataset, cfg.seed)
-    optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
-    engine = Engine(model=prepared.model, step=ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
-                    optimizer=optimizer, train_loader=features.train if features else loaders.train,
-                    val_loader=features.val if features else loaders.val, placement=ctx.placement,
-                    run_dir=ctx.run_dir, freeze_plan=prepared.plan, **engine_options(cfg))
+    engine = make_engine(ctx, prepared, ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
+                         features.train if features else loaders.train, features.val if features else loaders.val)
     if phases:  # the saved model and its test evaluation use the last phase's size (no feature cache)
         fit, prepared.geometry, loaders = fit_phases(engine, phases, lambda g: make_loaders(ctx, data, g),
                                                      prepared.geometry, cfg.train.lr)
@@ -49,5 +46,5 @@ def run_finetune(ctx: RunContext, data: Optional[RunData] = None) -> dict:
     save_model_file(ctx, prepared, data)
     metrics = base_metrics(ctx, "finetune", prepared, data, fit, test)
     metrics["feature_cache"] = cache_info
-    write_run_artifacts(ctx, data, fit, test, metrics)
+    write_run_artifacts(ctx, metrics, test, data.classes, history=fit.history, data=data)
     return metrics

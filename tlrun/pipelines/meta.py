@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -41,7 +40,7 @@ from tlrun.data.loaders import make_loader
 from tlrun.data.sources import ImageSet
 from tlrun.data.splits import RunData, load_run_data
 from tlrun.data.transforms import build_transform
-from tlrun.engine import Engine, EvalResult, Placement, StepOutput, TrainStep
+from tlrun.engine import EvalResult, Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError
 from tlrun.features import FeatureTap
 from tlrun.freeze import count_params
@@ -49,10 +48,9 @@ from tlrun.methods.kd import distillation_loss
 from tlrun.methods.maml import Params, adapt, detached_copy, forward_with, trainable_params
 from tlrun.methods.protonet import class_prototypes, prototype_head, prototype_logits
 from tlrun.models.factory import find_head
-from tlrun.pipelines.common import (PIPELINES, PreparedModel, RunContext, base_metrics, engine_options,
-                                    make_optimizer, prepare_model, save_model_file)
+from tlrun.pipelines.common import (PIPELINES, PreparedModel, RunContext, base_metrics, make_engine, prepare_model,
+                                    save_model_file, write_run_artifacts)
 from tlrun.pipelines.distill import fit_kd_student, load_teacher, refuse_batch_mixing
-from tlrun.report import plot_confusion, plot_curves, print_summary, write_json
 
 log = logging.getLogger(__name__)
 
@@ -342,11 +340,8 @@ def meta_train(ctx: RunContext, data: RunData, split: ClassSplit, embed: Optiona
                                            data.classes))
 
     steps = max(1, meta.episodes_per_epoch // meta.meta_batch)
-    optimizer = make_optimizer(cfg.train, prepared.plan.param_groups(prepared.model, cfg.train.lr))
-    engine = Engine(model=prepared.model, step=learner, optimizer=optimizer,
-                    train_loader=EpisodeStream(train_sampler, meta.meta_batch), val_loader=None,
-                    placement=ctx.placement, run_dir=ctx.run_dir, freeze_plan=prepared.plan, steps_per_epoch=steps,
-                    validate=validate, **engine_options(cfg))
+    engine = make_engine(ctx, prepared, learner, EpisodeStream(train_sampler, meta.meta_batch), None,
+                         steps_per_epoch=steps, validate=validate)
     fit = engine.fit()
     engine.load_best()
     # Meta-test adaptation uses the held-out classes' own teacher features (when there is a teacher).
@@ -367,16 +362,13 @@ def write_meta_artifacts(ctx: RunContext, data: RunData, prepared: Optional[Prep
              for r in results}
     headline = next((r for r in results if r.shots == meta.k_shot), results[-1])
     held_out = list(metrics["meta_test_classes"])
-    plot_confusion(headline.targets, headline.predictions, held_out, run_dir / "confusion_matrix.png",
-                   title=f"meta-test {meta.n_way}-way {headline.shots}-shot queries (acc {headline.acc:.4f})")
+    test = EvalResult(float("nan"), headline.acc, headline.targets, headline.predictions, np.zeros((0, 0)))
     if prepared is not None and fit is not None:
         episode_data = RunData(data.name, [f"way {i}" for i in range(meta.n_way)], data.splits, data.description)
         model_data = episode_data if metrics["meta_mode"] in ("meta_distill", "maml") else restrict(
             data, [data.classes.index(c) for c in metrics["meta_train_classes"]])
         save_model_file(ctx, prepared, model_data)
-        test = EvalResult(float("nan"), headline.acc, headline.targets, headline.predictions, np.zeros((0, 0)))
         metrics = {**base_metrics(ctx, "meta", prepared, data, fit, test), **metrics}
-        plot_curves(fit.history, run_dir / "curves.png", title=f"{metrics['meta_mode']}: {cfg.model.name}")
     else:
         metrics = {"pipeline": "meta", "test_acc": headline.acc, "data": data.name, "seed": cfg.seed,
                    "device": str(ctx.device), **metrics}
@@ -388,8 +380,9 @@ def write_meta_artifacts(ctx: RunContext, data: RunData, prepared: Optional[Prep
         metrics[f"few_shot_{key}_acc"], metrics[f"few_shot_{key}_ci95"] = value["acc"], value["ci95"]
     metrics.update(inner_steps=meta.inner_steps, inner_lr=meta.inner_lr, first_order=meta.first_order,
                    temperature=meta.temperature, alpha=meta.alpha, k_shot=meta.k_shot)
-    metrics["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
-    write_json(metrics, run_dir / "metrics.json")
-    print_summary(metrics, run_dir, keys=["pipeline", "meta_mode", "model", "data", "test_acc",
-                                          *[f"few_shot_{k}_acc" for k in table], "params_total", "wall_time_s"])
+    write_run_artifacts(ctx, metrics, test, held_out, history=fit.history if fit is not None else None,
+                        curves_title=f"{metrics['meta_mode']}: {cfg.model.name}",
+                        confusion_title=f"meta-test {meta.n_way}-way {headline.shots}-shot queries (acc {headline.acc:.4f})",
+                        summary_keys=["pipeline", "meta_mode", "model", "data", "test_acc",
+                                      *[f"few_shot_{k}_acc" for k in table], "params_total", "wall_time_s"])
     return metrics
