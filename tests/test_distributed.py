@@ -56,6 +56,7 @@ def test_world_size_larger_than_the_data_is_refused(monkeypatch):
     assert len(loader.sampler) == 3  # this rank's shard of 10 over 4 ranks (padded)
 
 
+@pytest.mark.slow  # two torchrun launches; the DDP-wrapped DANN step is covered fast below
 @pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
 def test_torchrun_trains_dann_and_kd_with_ddp_and_identical_ranks(tmp_path: Path):
     """DANN's discriminator is part of the DDP-wrapped step; KD's frozen teacher stays outside it."""
@@ -97,3 +98,33 @@ def test_sync_batchnorm_on_cpu_is_refused_under_torchrun(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="device.sync_batchnorm=true needs CUDA"):
         distributed.data_parallel(torch.nn.BatchNorm1d(2), torch.device("cpu"), sync_batchnorm=True)
+
+
+def test_the_dann_step_trains_inside_distributed_data_parallel(tmp_path: Path):
+    """In-process (one gloo rank): the adaptation step, discriminator included, runs through DDP's forward
+    and backward, and every trainable parameter of model and method gets its reduced gradient."""
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from tlrun.engine import Placement
+    from tlrun.features import FeatureTap
+    from tlrun.methods.dann import Dann, DannConfig
+    from tlrun.pipelines.adaptation import AdaptationStep
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        method = Dann(OmegaConf.structured(DannConfig(discriminator_width=8)), feature_dim=4, num_classes=3)
+        step = AdaptationStep(model, FeatureTap(model, "5"), Placement(torch.device("cpu")), method)
+        parallel = torch.nn.parallel.DistributedDataParallel(step)
+        batch = ((torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])), (torch.randn(6, 3, 8, 8), torch.zeros(6)))
+        out = parallel(batch, 0.5)
+        out.loss.backward()
+        assert {"domain_loss", "domain_acc", "lambda"} <= set(out.logs)
+        missing = [name for name, p in step.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, missing
+        assert any(name.startswith("method.adversarial.discriminator") for name, _ in step.named_parameters())
+    finally:
+        dist.destroy_process_group()
