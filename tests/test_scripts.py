@@ -48,7 +48,7 @@ def test_bench_da_script(tmp_path: Path):
     result = run_script("benchmarks/da/bench_da.sh", env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = pd.read_csv(tmp_path / "da" / "bench_da.csv")
-    assert sorted(runs["method"]) == ["dann", "mmd", "oracle", "source_only"]
+    assert sorted(runs["method"]) == ["coral", "dann", "mmd", "oracle", "source_only"]
     assert "| pair | method |" in result.stdout
     dann = runs[runs["method"] == "dann"].iloc[0]
     assert 0.0 <= dann["domain_acc_last"] <= 1.0 and 0.0 <= dann["disc_active_last"] <= 1.0
