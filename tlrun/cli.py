@@ -104,7 +104,10 @@ def check_overrides(overrides: list[str]) -> None:
             continue
         if key in GROUPS or key in OVERLAY_GROUPS:
             options = group_options(key)
-            for value in _override_values(override):
+            # A list selects several options at once (logger=[tensorboard,mlflow]).
+            chosen = [item for value in _override_values(override)
+                      for item in (value if isinstance(value, list) else [value])]
+            for value in chosen:
                 if value is None and key in OVERLAY_GROUPS:
                     continue
                 if str(value) not in options:

@@ -203,7 +203,8 @@ class Engine:
                  freeze_plan: Optional[FreezePlan] = None, progress: str = "auto",
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
                  auxiliary: Optional[nn.Module] = None, validate: Optional[Callable[[], EvalResult]] = None,
-                 resume: Optional[Path] = None, pipeline: str = "", sync_batchnorm: bool = False) -> None:
+                 resume: Optional[Path] = None, pipeline: str = "", sync_batchnorm: bool = False,
+                 on_epoch_end: Optional[Callable[[dict], None]] = None) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -215,6 +216,7 @@ class Engine:
         self.freeze_plan = freeze_plan
         self.progress_mode = progress
         self.epoch_metrics = epoch_metrics
+        self.on_epoch_end = on_epoch_end  # e.g. an experiment tracker's log_epoch, after the row is on disk
         # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
         self.auxiliary = auxiliary
         # Under torchrun the step runs through DistributedDataParallel (built at the first fit).
@@ -438,6 +440,8 @@ class Engine:
             save_atomic(state, self.checkpoint_dir / "best.pt")
         save_atomic(state, self.checkpoint_dir / "last.pt")
         self.write_history()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(plain(row))
         progress.end_epoch(row)
         if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
             raise RunInterrupted(INTERRUPTS.received or "a signal to another rank", epoch)

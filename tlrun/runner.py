@@ -229,6 +229,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     from tlrun.checkpoint import seed_everything
     from tlrun.pipelines import get_pipeline
     from tlrun.pipelines.common import RunContext
+    from tlrun.tracking import open_tracker
 
     device = resolve_device(cfg.device)
     rank_device = distributed.init(device.type)
@@ -243,9 +244,15 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
                 return get_pipeline(select_pipeline(cfg))(RunContext(cfg, run_dir, device))
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)  # a scratch folder: rank 0 writes the results
-    seed_everything(cfg.seed)
     name = select_pipeline(cfg)
     pipeline = get_pipeline(name)
-
+    tracker = open_tracker(cfg, run_dir)  # before any training: an unreachable tracker fails fast
+    seed_everything(cfg.seed)
     log.info("tlrun %s pipeline -> %s", name, run_dir)
-    return pipeline(RunContext(cfg, run_dir, device))
+    try:
+        metrics = pipeline(RunContext(cfg, run_dir, device, tracker=tracker))
+    except BaseException as exc:
+        tracker.close(exc)
+        raise
+    tracker.close()
+    return metrics

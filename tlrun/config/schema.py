@@ -17,11 +17,12 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from tlrun.config.fields import bounded, check_channel_stats, check_split, choice, path_field
+from tlrun.config.logger import LoggerConfig
 from tlrun.config.methods import FREEZE_STRATEGIES
 from tlrun.errors import ConfigError
 
 # Config groups that compose a run. Each mirrors a module of the package.
-GROUPS = ("model", "freeze", "adaptation", "distill", "data", "device")
+GROUPS = ("model", "freeze", "adaptation", "distill", "data", "device", "logger")
 # Groups with no default that only layer overrides on top (``# @package _global_`` files).
 OVERLAY_GROUPS = ("experiment", "hparams_search")
 # Groups whose node is chosen by its ``method`` key (tlrun.methods registries).
@@ -277,6 +278,8 @@ class TlrunConfig:
         "help": "Dataset, splits, preprocessing and augmentation (group data=)"})
     device: DeviceConfig = field(default_factory=DeviceConfig, metadata={
         "help": "Hardware, precision and data loading (group device=)"})
+    logger: LoggerConfig = field(default_factory=LoggerConfig, metadata={
+        "help": "Experiment trackers: TensorBoard, MLflow (group logger=)"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={
         "help": "Optimisation: epochs, batch size, optimizer, schedule, early stopping"})
     # numpy and scikit-learn need 0 <= seed < 2**32.

@@ -26,6 +26,7 @@ from tlrun.freeze import FreezePlan, count_params, make_plan
 from tlrun.models.factory import BuiltModel, build_model
 from tlrun.registry import Registry
 from tlrun.report import plot_confusion, plot_curves, print_summary, write_classification_report, write_json
+from tlrun.tracking import Tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,6 +42,7 @@ class RunContext:
     run_dir: Path
     device: torch.device
     started: float = field(default_factory=time.perf_counter)
+    tracker: Tracker = field(default_factory=Tracker)  # logger=...; nested runs (teacher stage) report nowhere
 
     @property
     def placement(self) -> Placement:
@@ -213,6 +215,7 @@ def write_run_artifacts(ctx: RunContext, metrics: dict, test: EvalResult, classe
                    title=confusion_title or f"test confusion matrix (acc {test.acc:.4f})")
     metrics["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
     write_json(metrics, run_dir / "metrics.json")
+    ctx.tracker.log_run(metrics, run_dir)
     print_summary(metrics, run_dir, **({"keys": summary_keys} if summary_keys else {}))
 
 
@@ -224,4 +227,5 @@ def make_engine(ctx: RunContext, prepared: PreparedModel, step: TrainStep, train
     groups = prepared.plan.param_groups(prepared.model, ctx.cfg.train.lr) + list(extra_groups)
     return Engine(model=prepared.model, step=step, optimizer=make_optimizer(ctx.cfg.train, groups),
                   train_loader=train_loader, val_loader=val_loader, placement=ctx.placement, run_dir=ctx.run_dir,
-                  freeze_plan=prepared.plan, **engine_options(ctx.cfg), **options)
+                  freeze_plan=prepared.plan, on_epoch_end=ctx.tracker.log_epoch, **engine_options(ctx.cfg),
+                  **options)
