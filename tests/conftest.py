@@ -22,6 +22,16 @@ TINY = ["train.progress=none", "device=cpu", "device.threads=1"]
 _DEBUG_VARIABLES = ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")
 
 
+# Tests stay offline: the Hugging Face Hub (timm weights) fails at once instead of retrying for ~45 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long process tests first: pytest-xdist hands tests out in this order, so the short in-process
+    ones fill the end and the workers finish together instead of one waiting on a late long test."""
+    items.sort(key=lambda item: item.get_closest_marker("process") is None)
+
+
 def run_tlrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """``tlrun ARGS`` run in this process by the real entry point (``tlrun.cli.main``: the same argument
     checks, Hydra composition, run folder and job as the console script), with its own working folder,

@@ -28,6 +28,7 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.process
 def test_torchrun_two_processes_write_one_run_folder(tmp_path: Path):
     before = set(Path(tempfile.gettempdir()).glob("tlrun-rank*"))
     result = torchrun(RUN, tmp_path)

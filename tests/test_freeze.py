@@ -86,3 +86,39 @@ def test_discriminative_learning_rates_decay_by_factor():
     for lower, upper in zip(lrs, lrs[1:]):
         assert upper / lower == pytest.approx(2.6)
     assert sum(len(g["params"]) for g in groups) == len(list(built.model.parameters()))
+
+
+def test_a_pretrained_backbone_learns_at_backbone_lr_mult_and_random_init_at_the_heads_lr(tmp_path):
+    from conftest import TINY, read_metrics, run_tlrun
+
+    built = build_model("resnet18", 10, weights=None)
+    plan = make_plan(built.model, built.head_name, "partial", 64, backbone_lr_mult=0.1)
+    groups = plan.param_groups(built.model, 3e-3)
+    assert [group["stage"] for group in groups] == [4, 5] and [group["lr"] for group in groups] == pytest.approx([3e-4, 3e-3])
+    # Through a run: ImageNet MobileNetV2 (offline weights) gets the default 0.1, a random-init LeNet 1.0.
+    common = ["data=digits", "data.image_size=32", "data.max_per_class=5", "train.epochs=1", "freeze=partial", *TINY]
+    for model, expected in (("model=mobilenet_v2", 0.1), ("model=lenet", 1.0)):
+        result = run_tlrun([model, *common, f"hydra.run.dir={tmp_path / model}"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert read_metrics(tmp_path / model)["backbone_lr_mult"] == expected
+
+
+def test_lp_ft_trains_the_head_alone_first_then_the_whole_network(tmp_path):
+    """freeze=none + head_warmup_epochs=1: epoch 1 is exactly the linear probe's epoch 1 (same head updates,
+    frozen BatchNorm), epoch 2 moves the backbone."""
+    from conftest import TINY, run_tlrun
+    import pandas as pd
+
+    common = ["model=small_resnet", "data=digits", "data.image_size=16", "data.max_per_class=12", "train.epochs=2",
+              "train.cache_features=off", *TINY]
+    runs = {"lp": ["freeze=all"], "lpft": ["freeze=none", "freeze.head_warmup_epochs=1"], "ft": ["freeze=none"]}
+    for name, args in runs.items():
+        result = run_tlrun([*common, *args, f"hydra.run.dir={tmp_path / name}"], tmp_path)
+        assert result.returncode == 0, result.stderr
+    history = {name: pd.read_csv(tmp_path / name / "ft_history.csv") for name in runs}
+    columns = ["train_loss", "train_acc", "val_loss", "val_acc"]
+    assert history["lpft"].loc[0, columns].tolist() == history["lp"].loc[0, columns].tolist()
+    assert history["lpft"].loc[0, "train_loss"] != history["ft"].loc[0, "train_loss"]
+    states = {name: torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"] for name in runs}
+    backbone = [key for key in states["lp"] if not key.startswith("fc.") and states["lp"][key].is_floating_point()]
+    assert any(not torch.equal(states["lpft"][key], states["lp"][key]) for key in backbone)  # epoch 2 trained it

@@ -145,6 +145,7 @@ def test_bad_inputs_are_one_line(runs, tmp_path, case, capsys):
     assert needle in lines[0]
 
 
+@pytest.mark.process
 def test_console_script_error_has_no_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")}
     result = subprocess.run([sys.executable, "-m", "tlrun.predict_cli", str(tmp_path / "missing"), str(tmp_path)],

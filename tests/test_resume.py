@@ -54,6 +54,7 @@ def reference(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
+@pytest.mark.process
 def test_sigterm_then_resume_auto_matches_an_uninterrupted_run(tmp_path: Path, reference: Path):
     run_dir, stopped = interrupt_after_two_epochs(RUN, tmp_path)
     assert stopped.returncode == 75, stopped.stderr

@@ -28,6 +28,7 @@ def run_script(name: str, env: dict, *args: str, cwd: Path, timeout: int = 900) 
                           timeout=timeout)
 
 
+@pytest.mark.process
 def test_finetune_folder_script(tmp_path: Path):
     folder = make_image_folder(tmp_path / "shapes", per_class=8)
     missing = run_script("finetune_folder.sh", {"DATA_ROOT": ""}, cwd=tmp_path)
@@ -91,19 +92,23 @@ def test_bench_meta_script(tmp_path: Path):
     assert {"5way_1shot_acc", "5way_5shot_acc"} <= set(table.columns)
 
 
+@pytest.mark.process
 def test_sweep_slurm_script_with_the_local_submitit_launcher(tmp_path: Path):
     refused = run_script("sweep_slurm.sh", {"LAUNCHER": "slurm_gpu", "PARTITION": ""}, cwd=tmp_path)
     assert refused.returncode == 2 and "PARTITION" in refused.stderr
-    env = {"LAUNCHER": "submitit_local", "MODELS": "lenet", "FREEZES": "none,all", "SEEDS": "0", "EPOCHS": "1",
+    # One job: the launcher, the script's sweep axes and the summary (sweeps of many jobs: test_sweep.py).
+    env = {"LAUNCHER": "submitit_local", "MODELS": "lenet", "FREEZES": "all", "SEEDS": "0", "EPOCHS": "1",
            "DEVICE": "cpu"}
     result = run_script("sweep_slurm.sh", env, "data.image_size=16", "data.max_per_class=5", "train.progress=none",
                         "device.threads=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
     frame = pd.read_csv(summary)
-    assert len(frame) == 2 and (frame["status"] == "ok").all()
+    assert frame[["model", "freeze", "status"]].values.tolist() == [["lenet", "all", "ok"]]
+    assert list(tmp_path.glob("multirun/*/*/.submitit/*/*_submitted.pkl"))  # it went through submitit
 
 
+@pytest.mark.process
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path):
     cmd = [sys.executable, "-m", "tlrun", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=lenet",
            "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=1", "train.progress=none",
@@ -183,6 +188,7 @@ def test_export_fashion_mnist_script(tmp_path: Path):
         assert image.size == (16, 16) and image.mode == "RGB"
 
 
+@pytest.mark.process
 def test_quickstart_script_sets_up_and_runs(tmp_path: Path):
     # setup.sh on the venv running this test: everything is installed already, so it only re-checks.
     venv = Path(sys.executable).parent.parent

@@ -206,6 +206,26 @@ def test_claimed_folders_never_collide(tmp_path: Path):
     assert [Path(c).name for c in claimed] == ["10-00-00", "10-00-00_1", "10-00-00_2"]
 
 
+CLAIM_RACE = """
+import sys, time
+from tlrun.rundir import claim_new_dir
+start = float(sys.argv[2])
+while time.time() < start:  # every process claims at the same instant
+    pass
+print("\\n".join(claim_new_dir(sys.argv[1]) for _ in range(20)))
+"""
+
+
+def test_processes_claiming_the_same_folder_at_once_never_share_one(tmp_path: Path):
+    # The race two `tlrun` launched in the same second run: four processes, 20 claims each, one instant.
+    base, start = str(tmp_path / "outputs" / "day" / "10-00-00"), str(time.time() + 1.5)
+    processes = [subprocess.Popen([sys.executable, "-c", CLAIM_RACE, base, start], stdout=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    claimed = [line for process in processes for line in process.communicate(timeout=60)[0].split()]
+    assert all(process.returncode == 0 for process in processes)
+    assert len(claimed) == 80 and len(set(claimed)) == 80
+
+
 def test_two_default_runs_in_the_same_second_get_two_folders(tmp_path: Path):
     # Make the collision certain: every second of the next minute already has a folder.
     now = time.time()
@@ -213,12 +233,9 @@ def test_two_default_runs_in_the_same_second_get_two_folders(tmp_path: Path):
         stamp = time.localtime(now + offset)
         (tmp_path / "outputs" / time.strftime("%Y-%m-%d", stamp) / time.strftime("%H-%M-%S", stamp)).mkdir(
             parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")}
-    processes = [subprocess.Popen([sys.executable, "-m", "tlrun", *LENET, f"seed={seed}"], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
-    for process in processes:
-        _, stderr = process.communicate(timeout=240)
-        assert process.returncode == 0, stderr
+    for seed in (0, 1):  # the real entry point's default run folder, twice (the race itself: the test above)
+        result = run_tlrun([*LENET, f"seed={seed}"], tmp_path)
+        assert result.returncode == 0, result.stderr
     finished = [d for d in run_dirs(tmp_path) if (d / "metrics.json").is_file()]
     assert len(finished) == 2 and all(d.name.count("_") == 1 for d in finished)
     assert sorted(read_metrics(d)["seed"] for d in finished) == [0, 1]
@@ -372,17 +389,21 @@ def uninterrupted(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
-@pytest.mark.parametrize("resume", ["folder", "auto"])
-def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, resume: str, uninterrupted: Path):
+@pytest.mark.process
+def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, uninterrupted: Path):
     reference = uninterrupted
     run = tmp_path / "cluster_run"
-    # The same line on every submit: the first starts the run in D, the next ones resume it.
-    script = [*RESUMABLE, f"hydra.run.dir={run}", f"train.resume={run if resume == 'folder' else 'auto'}"]
-    stopped = sigterm_when(start(script, tmp_path), lambda: history_rows("cluster_run/ft_history.csv", tmp_path) >= 2)
-    assert stopped.returncode == 75, stopped.stderr
-    assert "continue with: tlrun" in stopped.stderr and read_metrics(run)["status"] == "interrupted"
+    # The same line on every submit (train.resume=D or auto): the first starts the run in D, the next
+    # ones resume it, each preempted again until the last one finishes.
+    submits = {resume: [*RESUMABLE, f"hydra.run.dir={run}", f"train.resume={resume}"] for resume in (run, "auto")}
+    for resume in (run, "auto"):
+        target = max(2, history_rows("cluster_run/ft_history.csv", tmp_path) + 1)  # one more epoch this time
+        stopped = sigterm_when(start(submits[resume], tmp_path),
+                               lambda: history_rows("cluster_run/ft_history.csv", tmp_path) >= target)
+        assert stopped.returncode == 75, stopped.stderr
+        assert "continue with: tlrun" in stopped.stderr and read_metrics(run)["status"] == "interrupted"
     (run / "checkpoints" / ".last.pt.tmp-999999999").write_bytes(b"torn")  # a writer SIGKILLed mid-write
-    resumed = run_tlrun(script, tmp_path)
+    resumed = run_tlrun(submits[run], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(run, reference) and read_metrics(run)["test_acc"] == read_metrics(reference)["test_acc"]
     assert not (run / "checkpoints" / ".last.pt.tmp-999999999").exists()
@@ -390,6 +411,7 @@ def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, resume: str,
     assert_one_line_error(again, "already finished")
 
 
+@pytest.mark.process
 def test_kd_interrupted_in_the_stage_and_in_the_student_resumes_bit_exactly(tmp_path: Path):
     kd = ["distill=kd", "model=lenet", "distill.teacher_model=lenet", "distill.teacher_epochs=3", "train.epochs=3",
           "data.image_size=32", "data.max_per_class=60", *TINY]
@@ -427,6 +449,7 @@ def run_wrapper(script: Path, args: list[str], cwd: Path) -> subprocess.Complete
                           timeout=300)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("where, patch", [
     ("data loading", "import tlrun.data.splits as p\n_load = p.load_run_data\n"
                      "def load(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return _load(*a, **k)\n"
@@ -448,6 +471,7 @@ def test_sigterm_outside_training_is_exit_75_and_resumable(tmp_path: Path, where
                                                           usecols=0, ndmin=1)) == [1, 2]
 
 
+@pytest.mark.process
 def test_sweep_survives_a_job_that_crashes(tmp_path: Path):
     patch = ("import tlrun.pipelines.finetune as f\n_run = f.run_finetune\n"
              "def run(ctx, data=None):\n    if ctx.cfg.seed == 1:\n        raise TypeError('a bug in one job')\n"
@@ -505,6 +529,7 @@ def test_paths_with_tilde_and_spaces_are_taken_as_typed(tmp_path: Path, monkeypa
 
 # --- 7. what an adversarial pass found after the first fixes --------------------------------------
 
+@pytest.mark.process
 def test_resume_of_a_folder_with_spaces_and_a_shell_safe_resume_command(tmp_path: Path):
     import shlex
 
@@ -544,6 +569,7 @@ def test_a_full_disk_at_a_checkpoint_leaves_a_run_that_resumes_to_the_end(tmp_pa
     assert len((run / "ft_history.csv").read_text().splitlines()) == 4  # header + 3 epochs, none twice
 
 
+@pytest.mark.process
 def test_a_second_signal_while_stopping_still_exits_75(tmp_path: Path):
     run = tmp_path / "run"
     process = start([*RESUMABLE, "train.epochs=50", f"hydra.run.dir={run}"], tmp_path)

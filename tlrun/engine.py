@@ -214,6 +214,7 @@ class Engine:
         self.scheduler = self._make_scheduler()
         self.grad_clip, self.patience, self.min_delta = grad_clip, patience, min_delta
         self.freeze_plan = freeze_plan
+        self.head_only = False  # LP-FT: the freeze plan's head-only warm-up is in force
         self.progress_mode = progress
         self.epoch_metrics = epoch_metrics
         self.on_epoch_end = on_epoch_end  # e.g. an experiment tracker's log_epoch, after the row is on disk
@@ -279,16 +280,23 @@ class Engine:
                           y, predictions, p)
 
     # -- training ------------------------------------------------------------------------------
-    def _set_train_mode(self) -> None:
+    def _set_train_mode(self, epoch: int) -> None:
         if self.freeze_plan is not None:
-            self.freeze_plan.set_train_mode(self.model)
+            head_only = self.freeze_plan.head_only(epoch)
+            if head_only != self.head_only:  # LP-FT: the head's warm-up starts or ends
+                self.freeze_plan.apply(self.model, head_only=head_only)
+                self.head_only = head_only
+                if distributed.world_size() > 1:  # DDP registers the trainable parameters when it wraps
+                    self.parallel_step = distributed.data_parallel(self.step, self.placement.device,
+                                                                   self.sync_batchnorm)
+            self.freeze_plan.set_train_mode(self.model, head_only=head_only)
         else:
             self.model.train()
         if self.auxiliary is not None:
             self.auxiliary.train()
 
     def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
-        self._set_train_mode()
+        self._set_train_mode(epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         extra_sums: dict[str, float] = {}
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]

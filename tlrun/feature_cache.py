@@ -40,6 +40,7 @@ from tlrun.engine import Placement
 from tlrun.errors import ConfigError
 from tlrun.features import FeatureTap
 from tlrun.freeze import FreezePlan
+from tlrun.models.timm_backbones import model_id
 from tlrun.paths import atomic_path
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,9 @@ def _intact_features(path: Path, rows: int) -> Optional[np.ndarray]:
 def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageDataset, placement: Placement,
                     split: str) -> tuple[Any, dict]:
     """The prefix outputs of ``dataset`` (computed once per key), in memory when they fit."""
-    key = _feature_key(model, cut, dataset, placement, cfg.model.name)
-    path = cache_root(cfg) / "features" / f"{cfg.model.name}-{split}-{key}.npy"
+    name = model_id(cfg.model.name, cfg.model.library)
+    key = _feature_key(model, cut, dataset, placement, name)
+    path = cache_root(cfg) / "features" / f"{name.replace('/', '_')}-{split}-{key}.npy"
     started = time.perf_counter()
     with locked(path.with_suffix(".lock")):
         remove_stale_temp_files(path.parent)

@@ -4,12 +4,19 @@ A backbone is cut into *stages*: consecutive blocks that produce features at one
 resolution (ResNet: stem, layer1..layer4; MobileNetV2: the stride-2/4/8/16/32 groups; VGG: the
 conv blocks between pools). The stages come from one probe forward pass, so the same rule serves
 every CNN; backbones whose blocks all share a resolution (ViT) are split into four equal groups.
+A model that declares its stages (timm's ``feature_info``: the module that ends each feature level)
+is cut there instead, so a timm ViT trains block by block and a timm ConvNeXt stage by stage.
 
 - ``none``: everything trains.
 - ``all``: linear probe, only the new head trains.
 - ``partial``: the last ``trainable_stages`` stages and the head train.
 - ``early``: the first half of the stages is frozen.
 - ``discriminative``: everything trains; the head gets ``lr``, the stage k below it ``lr / decay**k``.
+
+Two safeguards against distorting pretrained features (Kumar et al. 2022, "Fine-Tuning can Distort
+Pretrained Features"): a pretrained backbone trains at ``backbone_lr_mult`` x the head's lr (the usual
+~10x lower rate), and LP-FT (``head_warmup_epochs``) trains the head alone for the first epochs, the
+backbone then joining from a fitted head instead of a random one.
 
 Frozen modules stay in eval mode during training (BatchNorm statistics and dropout are the
 pretrained network's) unless ``train_frozen_bn`` is set.
@@ -105,8 +112,45 @@ def probe_sizes(model: nn.Module, blocks: list[str], image_size: int) -> dict[st
         model.train(was_training)
 
 
+def declared_stage_ends(model: nn.Module) -> list[str]:
+    """Modules that end the model's own feature levels (timm's ``feature_info``), in forward order."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not all(isinstance(level, dict) and "module" in level for level in info):
+        return []
+    names = {name for name, _ in model.named_modules()}
+    ends = [level["module"] for level in info]
+    return ends if all(end in names for end in ends) else []
+
+
+def declared_stages(model: nn.Module, blocks: list[str], ends: list[str]) -> list[list[str]]:
+    """Stages that close at each declared end module; blocks after the last end join the last stage."""
+    def children(block: str) -> list[str]:
+        return [f"{block}.{child}" for child, _ in model.get_submodule(block).named_children()]
+
+    blocks = list(blocks)
+    while True:  # open the containers that hold an end module until every end is a block of its own
+        at = next((i for i, b in enumerate(blocks) if any(end.startswith(b + ".") for end in ends)), None)
+        if at is None:
+            break
+        blocks[at:at + 1] = children(blocks[at])
+    stages: list[list[str]] = [[]]
+    for block in blocks:
+        stages[-1].append(block)
+        if block in ends:
+            stages.append([])
+    if not stages[-1]:
+        stages.pop()
+    elif len(stages) > 1:  # the pooling/norm glue before the head belongs to the last stage
+        stages[-2].extend(stages.pop())
+    return stages
+
+
 def split_stages(model: nn.Module, blocks: list[str], image_size: int) -> list[list[str]]:
-    """Group blocks into stages by the resolution of their outputs (one probe forward)."""
+    """Group blocks into stages: at the model's declared feature levels, else by the resolution of
+    their outputs (one probe forward)."""
+    ends = declared_stage_ends(model)
+    if len(ends) >= 2:
+        return declared_stages(model, blocks, ends)
     sizes = probe_sizes(model, blocks, image_size)
 
     stages: list[list[str]] = []
@@ -139,10 +183,19 @@ class FreezePlan:
     frozen_stages: list[int] = field(default_factory=list)
     lr_decay: float = 1.0
     train_frozen_bn: bool = False
+    backbone_lr_mult: float = 1.0  # lr of the trainable backbone stages relative to the head's
+    head_warmup_epochs: int = 0  # LP-FT: the first epochs train the head alone
+
+    def head_only(self, epoch: int) -> bool:
+        """LP-FT: does ``epoch`` (1-based) train the head alone?"""
+        return epoch <= self.head_warmup_epochs and len(self.frozen_stages) < len(self.stages)
 
     @property
     def frozen_modules(self) -> list[str]:
         return [b for i in self.frozen_stages for b in self.stages[i]]
+
+    def _frozen(self, head_only: bool) -> list[int]:
+        return list(range(len(self.stages))) if head_only else self.frozen_stages
 
     def stage_of_params(self, model: nn.Module) -> dict[int, int]:
         """id(param) -> stage index (head = len(stages)). Parameters outside every block
@@ -156,17 +209,17 @@ class FreezePlan:
             owner[id(p)] = len(self.stages)
         return owner
 
-    def apply(self, model: nn.Module) -> None:
-        """Set requires_grad: parameters of frozen stages off, everything else on."""
+    def apply(self, model: nn.Module, head_only: bool = False) -> None:
+        """Set requires_grad: parameters of frozen stages (every stage when ``head_only``) off, the rest on."""
         owner = self.stage_of_params(model)
-        frozen = set(self.frozen_stages)
+        frozen = set(self._frozen(head_only))
         for p in model.parameters():
             p.requires_grad_(owner[id(p)] not in frozen)
 
-    def set_train_mode(self, model: nn.Module) -> None:
+    def set_train_mode(self, model: nn.Module, head_only: bool = False) -> None:
         """model.train(), with frozen modules kept in eval mode (their BN stats must not move)."""
         model.train()
-        for name in self.frozen_modules:
+        for name in (b for i in self._frozen(head_only) for b in self.stages[i]):
             frozen = model.get_submodule(name)
             frozen.eval()
             if self.train_frozen_bn:
@@ -183,12 +236,16 @@ class FreezePlan:
                 groups.setdefault(owner[id(p)], []).append(p)
         head_index = len(self.stages)
         decay = self.lr_decay if self.strategy == "discriminative" else 1.0
-        return [{"params": params, "lr": lr / decay ** (head_index - index), "stage": index}
-                for index, params in sorted(groups.items())]
+
+        def stage_lr(index: int) -> float:
+            return lr if index == head_index else lr * self.backbone_lr_mult / decay ** (head_index - index)
+
+        return [{"params": params, "lr": stage_lr(index), "stage": index} for index, params in sorted(groups.items())]
 
 
 def make_plan(model: nn.Module, head_name: str, strategy: str, image_size: int,
-              trainable_stages: int = 1, lr_decay: float = 2.6, train_frozen_bn: bool = False) -> FreezePlan:
+              trainable_stages: int = 1, lr_decay: float = 2.6, train_frozen_bn: bool = False,
+              backbone_lr_mult: float = 1.0, head_warmup_epochs: int = 0) -> FreezePlan:
     """Decide which stages train for ``strategy`` and apply it to ``model``."""
     stages = split_stages(model, backbone_blocks(model, head_name), image_size)
     count = len(stages)
@@ -199,7 +256,8 @@ def make_plan(model: nn.Module, head_name: str, strategy: str, image_size: int,
         "partial": list(range(max(0, count - trainable_stages))),
         "early": list(range(count // 2)),
     }[strategy]
-    plan = FreezePlan(strategy, head_name, stages, frozen, lr_decay, train_frozen_bn)
+    plan = FreezePlan(strategy, head_name, stages, frozen, lr_decay, train_frozen_bn, backbone_lr_mult,
+                      head_warmup_epochs)
     plan.apply(model)
     return plan
 

@@ -67,14 +67,15 @@ def _check_models(candidates: list) -> None:
     import difflib
 
     from tlrun.models.factory import known_models
+    from tlrun.models.timm_backbones import is_timm
 
     known = known_models()
     for candidate in candidates:
-        if candidate.model not in known:
+        if candidate.model not in known and not is_timm(candidate.model):  # timm checks its own names
             close = difflib.get_close_matches(candidate.model, known, n=3)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise ConfigError(f"unknown model '{candidate.model}': {hint}use a torchvision classifier name, "
-                              "efficientnet_lite0, lenet, small_resnet or conv4")
+                              "efficientnet_lite0, lenet, small_resnet, conv4 or timm/<a timm model>")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,12 @@ class ModelConfig:
         "help": "Pretrained weights: DEFAULT (torchvision's recommended), an enum member name such as IMAGENET1K_V1, "
                 "or null for random init"})
     weights_path: Optional[str] = path_field(
-        help="A local .pth for the architecture (a state dict, or a checkpoint holding one under state_dict/model)")
+        help="A local .pth for the architecture (a state dict, or a checkpoint holding one under state_dict/model); "
+             "timm models also take .safetensors")
+    library: str = choice("auto", ("auto", "timm"),
+                          help="Where model.name comes from: auto (tlrun's own, then torchvision; a timm/ prefix "
+                               "means timm) or timm (model=timm: any timm.list_models() name, with its pretrained "
+                               "tag, e.g. convnext_tiny.fb_in22k)")
 
 
 @dataclass
@@ -52,6 +57,13 @@ class FreezeConfig:
     lr_decay: float = bounded(2.6, low=1.0,
                               help="freeze=discriminative: stage k below the head trains at train.lr / lr_decay**k "
                                    "(ULMFiT uses 2.6)")
+    # ~10x below the head's is the usual practice; pretrained backbones only (random init trains at train.lr).
+    backbone_lr_mult: float = bounded(0.1, low=0.0, low_open=True,
+                                      help="A pretrained backbone's trainable stages learn at this x train.lr (the "
+                                           "head at train.lr); random-init models ignore it")
+    head_warmup_epochs: int = bounded(0, low=0,
+                                      help="LP-FT: the first N of train.epochs train the head alone (backbone "
+                                           "frozen, BatchNorm in eval), then the strategy's stages join")
     # Frozen BatchNorm layers keep their ImageNet statistics (eval mode) unless this is true.
     train_frozen_bn: bool = field(default=False, metadata={
         "help": "Let frozen BatchNorm layers update their running statistics (else they keep the pretrained "
@@ -306,5 +318,7 @@ def register_configs() -> None:
     # (and tab-completes) without a YAML file per architecture.
     for name, overrides in MODEL_DEFAULTS.items():
         store.store(group="model", name=name, node=ModelConfig(name=name, **overrides))
+    # model=timm model.name=<any timm name>: a ResNet-50 with timm's A1 recipe unless a name is given.
+    store.store(group="model", name="timm", node=ModelConfig(name="resnet50.a1_in1k", library="timm"))
 
 

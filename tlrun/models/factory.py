@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tlrun.errors import ConfigError, WeightsError
+from tlrun.models import timm_backbones
 from tlrun.models import weights as weights_io
 from tlrun.models.catalog import TORCHVISION_CLASSIFIERS
 from tlrun.registry import Registry
@@ -83,7 +84,11 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> str:
-    """Swap the classifier layer for a freshly initialised one with ``num_classes`` outputs."""
+    """Swap the classifier layer for a freshly initialised one with ``num_classes`` outputs (timm
+    models through their own ``reset_classifier``)."""
+    timm_head = timm_backbones.reset_head(model, num_classes)
+    if timm_head is not None:
+        return timm_head
     name, old = find_head(model)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
@@ -193,7 +198,11 @@ def build_source_model(name: str, weights: Optional[str] = "DEFAULT",
                        weights_path: Optional[str] = None) -> BuiltModel:
     """Build ``name`` with resolved pretrained weights and its own (source, e.g. ImageNet) head."""
     _register_builtin()
-    if name in MODELS:
+    if timm_backbones.is_timm(name):
+        model, source = timm_backbones.create(name[len(timm_backbones.PREFIX):], weights, weights_path)
+        pretrained = None if source == "random init" else (weights or "DEFAULT")
+        built = BuiltModel(model, "", Preprocess(**timm_backbones.preprocess_of(model)), pretrained, source)
+    elif name in MODELS:
         built = _build_registered(name, MODELS.get(name), weights, weights_path)
     elif name in TORCHVISION_CLASSIFIERS:
         built = _build_torchvision(name, weights, weights_path)
@@ -201,9 +210,10 @@ def build_source_model(name: str, weights: Optional[str] = "DEFAULT",
         close = difflib.get_close_matches(name, known_models(), n=3)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(f"unknown model '{name}': {hint}use a torchvision classifier name "
-                          "(resnet18, efficientnet_b0, vit_b_16, ...), efficientnet_lite0, lenet or small_resnet")
+                          "(resnet18, efficientnet_b0, vit_b_16, ...), efficientnet_lite0, lenet, small_resnet, "
+                          "or a timm model (model=timm model.name=<name>)")
     drop_auxiliary_heads(built.model)
-    built.head_name = find_head(built.model)[0]
+    built.head_name = timm_backbones.head_name(built.model) or find_head(built.model)[0]
     return built
 
 

@@ -24,6 +24,7 @@ from tlrun.engine import Engine, EvalResult, FitResult, Placement, TrainStep
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
 from tlrun.models.factory import BuiltModel, build_model
+from tlrun.models.timm_backbones import model_id
 from tlrun.registry import Registry
 from tlrun.report import plot_confusion, plot_curves, print_summary, write_classification_report, write_json
 from tlrun.tracking import Tracker
@@ -69,11 +70,16 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
     """Build the configured model with its head, pick the input geometry, apply the freeze plan."""
     model_cfg = model_cfg or ctx.cfg.model
     freeze_cfg = freeze_cfg or ctx.cfg.freeze
-    built = build_model(model_cfg.name, num_classes, model_cfg.weights, model_cfg.weights_path)
+    built = build_model(model_id(model_cfg.name, model_cfg.library), num_classes, model_cfg.weights,
+                        model_cfg.weights_path)
     geometry = ImageGeometry.resolve(built.preprocess, ctx.cfg.data)
+    # The lower backbone lr protects pretrained features; a random-init backbone has none to protect.
+    pretrained = built.weights_source != "random init"
     plan = make_plan(built.model, built.head_name, freeze_cfg.strategy, geometry.crop_size,
                      trainable_stages=freeze_cfg.trainable_stages, lr_decay=freeze_cfg.lr_decay,
-                     train_frozen_bn=freeze_cfg.train_frozen_bn)
+                     train_frozen_bn=freeze_cfg.train_frozen_bn,
+                     backbone_lr_mult=freeze_cfg.backbone_lr_mult if pretrained else 1.0,
+                     head_warmup_epochs=freeze_cfg.head_warmup_epochs)
     ctx.placement.model(built.model)
     if ctx.cfg.device.compile:
         built.model.compile()  # in place: state_dict keys, hooks and checkpoints stay those of the model
@@ -149,7 +155,7 @@ def save_model_file(ctx: RunContext, prepared: PreparedModel, data: RunData, pat
     path = path or ctx.run_dir / "ft_model.pt"
     save_atomic({
         "format": MODEL_FILE_FORMAT,
-        "model_name": ctx.cfg.model.name,
+        "model_name": model_id(ctx.cfg.model.name, ctx.cfg.model.library),
         "num_classes": len(data.classes),
         "classes": list(data.classes),
         "head": prepared.built.head_name,
@@ -178,12 +184,14 @@ def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: 
         "wall_time_s": round(time.perf_counter() - ctx.started, 2),
         "device": str(ctx.device),
         "device_settings": device_settings(ctx, fit),
-        "model": ctx.cfg.model.name,
+        "model": model_id(ctx.cfg.model.name, ctx.cfg.model.library),
         "weights": prepared.built.weights,
         "weights_source": prepared.built.weights_source,
         "freeze": ctx.cfg.freeze.strategy,
         "freeze_stages": len(prepared.plan.stages),
         "frozen_stages": len(prepared.plan.frozen_stages),
+        "backbone_lr_mult": prepared.plan.backbone_lr_mult,
+        "head_warmup_epochs": prepared.plan.head_warmup_epochs,
         "data": data.name,
         "num_classes": len(data.classes),
         "train_size": len(data.splits["train"]),

@@ -49,6 +49,7 @@ from tlrun.freeze import count_params
 from tlrun.methods import DISTILL
 from tlrun.methods.kd import DistillationLoss
 from tlrun.models.catalog import MODEL_DEFAULTS
+from tlrun.models.timm_backbones import is_timm
 from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, make_engine,
                                     make_loaders, prepare_model, save_model_file,
                                     write_run_artifacts)
@@ -174,9 +175,11 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     cfg = ctx.cfg
     teacher_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     name = cfg.distill.teacher_model
-    if name not in MODEL_DEFAULTS:
-        raise ConfigError(f"unknown distill.teacher_model '{name}'; use a name that model= accepts")
-    teacher_cfg.model = {"name": name, "weights": "DEFAULT", "weights_path": None, **MODEL_DEFAULTS[name]}
+    if name not in MODEL_DEFAULTS and not is_timm(name):
+        raise ConfigError(f"unknown distill.teacher_model '{name}'; use a name that model= accepts "
+                          "(timm models as timm/<name>)")
+    teacher_cfg.model = {"name": name, "weights": "DEFAULT", "weights_path": None, "library": "auto",
+                         **MODEL_DEFAULTS.get(name, {})}
     teacher_cfg.freeze.strategy = cfg.distill.teacher_freeze
     teacher_cfg.train.epochs = cfg.distill.teacher_epochs
     teacher_cfg.train.progress = cfg.train.progress
