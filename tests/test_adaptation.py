@@ -53,12 +53,13 @@ def test_proxy_a_distance_separable_vs_identical():
 needs_cvdigits = pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
 DA_TINY = ["model=lenet", "data=cvdigits", "data.target=cvdigits_m", "data.max_per_class=12", "data.image_size=16",
            "train.epochs=2", "train.batch_size=16", *TINY]
+NO_WARMUP = ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]  # align from the first step
 
 
 @needs_cvdigits
 @pytest.mark.parametrize("method, loss_column", [("dann", "domain_loss"), ("mmd", "mmd_loss"), ("none", None)])
 def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: str, loss_column: str):
-    result = run_tlrun([f"adaptation={method}", *DA_TINY], tmp_path)
+    result = run_tlrun([f"adaptation={method}", *DA_TINY, *(NO_WARMUP if loss_column else [])], tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
     history = pd.read_csv(run_dir / "ft_history.csv")
@@ -184,3 +185,37 @@ def test_a_collapsed_relu_discriminator_is_reported(caplog):
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
     assert "3% of its hidden units" in message and "discriminator_activation=leaky_relu" in message
+
+
+@needs_cvdigits
+def test_source_warm_up_starts_the_domain_loss_later_and_is_checkpointed(tmp_path: Path):
+    from tlrun.methods.alignment import dann_lambda
+
+    result = run_tlrun(["adaptation=mmd", *DA_TINY, "train.epochs=3", "adaptation.warmup_epochs=1",
+                        "adaptation.warmup_source_acc=0", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    history = pd.read_csv(tmp_path / "run" / "ft_history.csv")
+    assert history["lambda"].iloc[0] == 0.0 and history["mmd_loss"].iloc[0] == 0.0  # epoch 1: source only
+    # Epochs 2-3 ramp over the aligned progress p' = (p - 1/3) / (2/3): epoch 2 covers p' in [0, 1/2).
+    assert 0 < history["lambda"].iloc[1] < dann_lambda(0.5) < history["lambda"].iloc[2] < dann_lambda(1.0)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["alignment_start_epoch"] == 2 and metrics["collapsed"] is False
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["auxiliary"]["start_progress"].item() == pytest.approx(1 / 3)  # a resume keeps the schedule
+
+
+def test_collapse_detector_names_the_trivial_solution_and_the_fixes():
+    from tlrun.methods.alignment import collapsed
+
+    healthy = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_acc": [0.3, 0.6, 0.8, 0.9], "lambda": [0, 0.3, 0.7, 0.9],
+                            "feature_std": [1.0, 1.1, 1.0, 0.9]})
+    assert collapsed(healthy, 10) is None
+    # Aligned from the first step: accuracy never leaves chance while the features shrink to a constant.
+    trivial = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_acc": [0.11, 0.1, 0.1, 0.1], "lambda": [0.2, 0.6, 0.8, 0.9],
+                            "feature_std": [0.5, 0.05, 0.004, 0.001]})
+    message = collapsed(trivial, 10)
+    assert message is not None and "trivial aligned solution" in message
+    assert "adaptation.warmup_epochs" in message and "adaptation.weight" in message
+    # Shrunk features alone (a confident source classifier) or chance alone are not a collapse.
+    assert collapsed(trivial.assign(train_acc=[0.5, 0.9, 0.95, 0.97]), 10) is None
+    assert collapsed(trivial.assign(feature_std=[0.5, 0.5, 0.5, 0.5]), 10) is None

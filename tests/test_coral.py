@@ -63,7 +63,8 @@ def test_coral_needs_two_samples_per_domain():
 @pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
 def test_adaptation_coral_run(tmp_path: Path):
     result = run_tlrun(["adaptation=coral", "model=lenet", "data=cvdigits", "data.target=cvdigits_m",
-                        "data.max_per_class=12", "data.image_size=16", "train.epochs=2", "train.batch_size=16", *TINY],
+                        "data.max_per_class=12", "data.image_size=16", "train.epochs=2", "train.batch_size=16",
+                        "adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0", *TINY],
                        tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
@@ -78,6 +79,7 @@ def test_adaptation_coral_run(tmp_path: Path):
 def test_a_key_of_another_method_is_refused_with_corals_keys(tmp_path: Path):
     result = run_tlrun(["adaptation=coral", "adaptation.discriminator_width=8"], tmp_path)
     assert result.returncode == 2
-    assert "valid keys in adaptation=coral: feature_layer, feature_plot, features, gamma, method, schedule, weight" \
+    assert ("valid keys in adaptation=coral: feature_layer, feature_plot, features, gamma, method, schedule, "
+            "warmup_epochs, warmup_source_acc, weight") \
         in result.stderr
     assert not list(tmp_path.rglob("*.json"))

@@ -61,6 +61,8 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
             data += DANN_DISCRIMINATOR
         if method == "dann_lambda0":
             data.append("adaptation.weight=0")
+        if method != "source_only":  # the committed table aligns from the first step (before the warm-up default)
+            data += ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
             f"seed={seed}", f"hydra.run.dir={run_dir}", *extra]
 

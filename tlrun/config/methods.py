@@ -59,6 +59,13 @@ class AlignmentBase(AdaptationBase):
                            help="Domain-loss weight over progress p (iterations): dann ramps it as "
                                 "weight * (2 / (1 + exp(-gamma * p)) - 1), constant keeps it at weight")
     gamma: float = bounded(10.0, low=0.0, low_open=True, help="Steepness of the dann schedule's ramp")
+    # Aligning features before the source classifier has learned anything finds the trivial solution:
+    # constant features, perfectly aligned, at chance accuracy. The schedule counts from the start.
+    warmup_epochs: int = bounded(1, low=0, help="Source-only epochs before the domain loss starts (its schedule "
+                                                "ramps from there)")
+    warmup_source_acc: float = bounded(0.5, low=0.0, high=1.0,
+                                       help="...and until an epoch's source train accuracy has covered this fraction "
+                                            "of the way from chance to 1 (0 = epochs only)")
 
 
 @dataclass

@@ -7,19 +7,40 @@ and the target half of one joint forward pass, features **and** logits, and the 
 p in [0, 1]; it returns its loss (already weighted) and per-step diagnostics, which become
 ``ft_history.csv`` columns (epoch means). After training it may add ``metrics.json`` entries and
 warn about the run it saw.
+
+**Warm-up.** The domain loss starts only after ``warmup_epochs`` source-only epochs *and* an epoch whose
+source train accuracy covered ``warmup_source_acc`` of the way from chance to 1: aligned from the first
+step, a network that has not yet left its initial plateau reaches the trivial aligned solution (constant
+features: zero MMD, a discriminator at 0.5, chance accuracy on both domains). The trade-off schedule then
+runs over the remaining progress, p' = (p − p₀) / (1 − p₀). The start p₀ is a buffer, so it is
+checkpointed with the method and a resumed run continues the same schedule.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# A collapse: source train accuracy within this fraction of the way from chance to 1, and features whose
+# spread fell below this fraction of their spread when alignment started.
+COLLAPSE_ACC = 0.1
+COLLAPSE_FEATURE_STD = 0.1
+
+
+def above_chance(accuracy: float, num_classes: int) -> float:
+    """How far ``accuracy`` is from chance (0) towards perfect (1)."""
+    chance = 1.0 / num_classes
+    return (accuracy - chance) / (1.0 - chance)
 
 
 def dann_lambda(progress: float, max_weight: float = 1.0, gamma: float = 10.0) -> float:
@@ -49,12 +70,36 @@ class Alignment(nn.Module):
     def __init__(self, cfg: Any, feature_dim: int, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.num_classes = num_classes
+        no_warmup = int(cfg.get("warmup_epochs", 0)) == 0 and float(cfg.get("warmup_source_acc", 0.0)) == 0.0
+        # Progress p0 at which the domain loss starts (-1: still warming up).
+        self.register_buffer("start_progress", torch.tensor(0.0 if no_warmup else -1.0))
+
+    def aligned_progress(self, progress: float) -> Optional[float]:
+        """Progress of the alignment schedule, p' = (p - p0) / (1 - p0); None during the warm-up."""
+        start = float(self.start_progress)
+        if start < 0 or progress < start:
+            return None
+        return 1.0 if start >= 1 else (progress - start) / (1.0 - start)
 
     def weight(self, progress: float) -> float:
-        """The trade-off at progress p: adaptation.weight, ramped by the DANN schedule unless constant."""
+        """The trade-off at progress p: 0 during the warm-up, then adaptation.weight, ramped by the DANN
+        schedule over the aligned progress unless constant."""
+        aligned = self.aligned_progress(progress)
+        if aligned is None:
+            return 0.0
         if self.cfg.schedule == "constant":
             return float(self.cfg.weight)
-        return dann_lambda(progress, self.cfg.weight, self.cfg.gamma)
+        return dann_lambda(aligned, self.cfg.weight, self.cfg.gamma)
+
+    def end_epoch(self, row: dict, epochs: int) -> None:
+        """After each epoch (its ft_history.csv row): start the domain loss once the warm-up is over."""
+        if float(self.start_progress) < 0 and row["epoch"] >= int(self.cfg.warmup_epochs) \
+                and above_chance(row["train_acc"], self.num_classes) >= float(self.cfg.warmup_source_acc):
+            self.start_progress.fill_(row["epoch"] / epochs)
+            if row["epoch"] < epochs:
+                log.info("Source warm-up done after epoch %d (train acc %.3f): the domain loss starts",
+                         row["epoch"], row["train_acc"])
 
     def forward(self, source: DomainBatch, target: DomainBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted domain loss and per-step scalars for ft_history.csv."""
@@ -65,4 +110,39 @@ class Alignment(nn.Module):
         return {}
 
     def check_history(self, history: pd.DataFrame) -> None:
-        """Warn (one line) about a run whose history shows the method failed."""
+        """Warn (one line) about a run whose history shows the method failed: the domain loss never
+        started, or the features collapsed to the trivial aligned solution."""
+        if history.empty:
+            return
+        aligned = history[history["lambda"] > 0] if "lambda" in history else history.iloc[0:0]
+        if aligned.empty and float(self.start_progress) < 0:
+            log.warning("The domain loss never started: source train accuracy stayed below the warm-up's "
+                        "threshold (adaptation.warmup_source_acc=%g, best %.3f); the run is source-only. Train "
+                        "longer, raise train.lr, or lower adaptation.warmup_source_acc.",
+                        float(self.cfg.warmup_source_acc), float(history["train_acc"].max()))
+            return
+        collapse = collapsed(history, self.num_classes)
+        if collapse:
+            log.warning(collapse)
+
+
+def collapsed(history: pd.DataFrame, num_classes: int) -> Optional[str]:
+    """The one-line diagnosis of a collapse to the trivial aligned solution, or None: source train accuracy
+    at chance for the last two aligned epochs while the source features' spread (``feature_std``)
+    shrank below COLLAPSE_FEATURE_STD of its value before alignment."""
+    if "feature_std" not in history or "lambda" not in history:
+        return None
+    aligned = history[history["lambda"] > 0]
+    if len(aligned) < 2:
+        return None
+    before = history.loc[: aligned.index[0], "feature_std"].max()
+    last = aligned.iloc[-2:]
+    near_chance = all(above_chance(acc, num_classes) <= COLLAPSE_ACC for acc in last["train_acc"])
+    shrunk = float(last["feature_std"].iloc[-1]) <= COLLAPSE_FEATURE_STD * float(before)
+    if not (near_chance and shrunk):
+        return None
+    return (f"Adaptation collapsed: source train accuracy {last['train_acc'].iloc[-1]:.3f} is at chance "
+            f"(1/{num_classes}) while the features shrank to std {last['feature_std'].iloc[-1]:.2g} (from "
+            f"{before:.2g}): the domain loss found the trivial aligned solution of constant features. Fixes: a "
+            "longer source warm-up (adaptation.warmup_epochs, adaptation.warmup_source_acc), a lower "
+            "adaptation.weight, or a lower train.lr.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ class GradientReversalLayer(nn.Module):
         self.gamma = float(gamma)
         self.schedule = schedule
         self.progress = 0.0
+        self.paused = False  # the method's warm-up: lambda = 0 whatever the schedule
 
     def set_progress(self, progress: float) -> None:
         """Set training progress p (clamped to [0, 1])."""
@@ -81,6 +82,8 @@ class GradientReversalLayer(nn.Module):
     @property
     def lambda_(self) -> float:
         """Current reversal coefficient lambda."""
+        if self.paused:
+            return 0.0
         if self.schedule == "constant":
             return self.max_weight
         return dann_lambda(self.progress, self.max_weight, self.gamma)
@@ -154,9 +157,10 @@ class DomainAdversarialLoss(nn.Module):
         self.discriminator = DomainDiscriminator(in_features, hidden=hidden, depth=depth, dropout=dropout,
                                                  batch_norm=batch_norm, activation=activation)
 
-    def set_progress(self, progress: float) -> None:
-        """Forward training progress p in [0, 1] to the GRL's lambda schedule."""
-        self.grl.set_progress(progress)
+    def set_progress(self, progress: Optional[float]) -> None:
+        """Forward training progress p in [0, 1] to the GRL's lambda schedule (None: paused, lambda = 0)."""
+        self.grl.paused = progress is None
+        self.grl.set_progress(progress or 0.0)
 
     @property
     def lambda_(self) -> float:
@@ -238,7 +242,7 @@ class Dann(Alignment):
                                                  gamma=cfg.gamma, schedule=cfg.schedule)
 
     def forward(self, source: DomainBatch, target: DomainBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-        self.adversarial.set_progress(progress)
+        self.adversarial.set_progress(self.aligned_progress(progress))  # None during the warm-up
         return self.adversarial(source.features, target.features)
 
     def metrics(self, history: pd.DataFrame) -> dict[str, Any]:
@@ -247,6 +251,7 @@ class Dann(Alignment):
                 "discriminator_active_last": float(history["discriminator_active"].iloc[-1])}
 
     def check_history(self, history: pd.DataFrame) -> None:
+        super().check_history(history)
         # Leaky units keep a gradient when they do not fire, so only a ReLU discriminator can go silent.
         if self.cfg.discriminator_activation == "relu":
             warn_if_discriminator_collapsed(history)

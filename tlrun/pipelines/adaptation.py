@@ -25,7 +25,7 @@ from tlrun.engine import Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError, DataError
 from tlrun.features import FeatureTap
 from tlrun.methods import ADAPTATION
-from tlrun.methods.alignment import Alignment, DomainBatch
+from tlrun.methods.alignment import Alignment, DomainBatch, collapsed
 from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, make_engine, make_loaders, prepare_model,
                                     save_model_file, write_run_artifacts)
@@ -75,7 +75,10 @@ class AdaptationStep(TrainStep):
         cls_loss = self.criterion(logits, source_labels)
         domain_loss, stats = self.method(DomainBatch(features[:count], logits),
                                          DomainBatch(features[count:], logits_all[count:]), progress)
-        logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(), **stats}
+        with torch.no_grad():  # the spread of the source features: -> 0 when alignment collapses them
+            spread = features[:count].float().std(dim=0).mean().item() if count > 1 else float("nan")
+        logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(), "feature_std": spread,
+                **stats}
         return StepOutput(cls_loss + domain_loss, logits, source_labels, logs)
 
 
@@ -161,6 +164,8 @@ def run_adaptation(ctx: RunContext) -> dict:
                          method_groups, auxiliary=method)
 
     def target_columns(row: dict) -> dict[str, float]:
+        if method is not None:
+            method.end_epoch(row, cfg.train.epochs)  # the warm-up's end is decided on whole epochs
         return {"source_val_acc": row["val_acc"], "target_acc": engine.evaluate(target_test).acc}
 
     engine.epoch_metrics = target_columns
@@ -195,5 +200,8 @@ def run_adaptation(ctx: RunContext) -> dict:
     })
     if method is not None:
         metrics.update(method.metrics(fit.history))
+        aligned = fit.history.index[fit.history["lambda"] > 0] if "lambda" in fit.history else []
+        metrics["alignment_start_epoch"] = int(fit.history["epoch"][aligned[0]]) if len(aligned) else None
+        metrics["collapsed"] = collapsed(fit.history, len(source.classes)) is not None
     write_run_artifacts(ctx, metrics, test, source.classes, history=fit.history, data=source)
     return metrics
