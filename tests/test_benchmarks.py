@@ -62,3 +62,22 @@ def test_kd_sweep_cost_counts_teacher_work_in_the_job_logs(tmp_path: Path):
     assert bench_kd.count_in_logs(tmp_path, r"Teacher stage: fine-tuning") == 1
     assert bench_kd.count_in_logs(tmp_path, r"Teacher stage: cache hit") == 2
     assert bench_kd.count_in_logs(tmp_path, r"Teacher logits \(train\): cache hit") == 2
+
+
+def test_finetune_summary_compares_each_recipe_with_the_probe_and_exports_cvdigits(tmp_path: Path):
+    bench = load(BENCHMARKS / "finetune" / "bench_finetune.py")
+    rows = [dict(dataset="d", freeze="all", recipe="new", seed=s, status="ok", test_acc=a, last_val_acc=a,
+                 process_wall_s=1.0) for s, a in enumerate([0.7, 0.8])]
+    rows += [dict(dataset="d", freeze="none", recipe="old", seed=s, status="ok", test_acc=a, last_val_acc=a - 0.1,
+                  process_wall_s=3.0) for s, a in enumerate([0.5, 0.7])]
+    rows.append(dict(dataset="d", freeze="none", recipe="old", seed=2, status="failed"))
+    table = bench.summarise(pd.DataFrame(rows)).set_index(["freeze", "recipe"])
+    assert table.loc[("none", "old"), "vs freeze=all"] == "-15.00" and table.loc[("none", "old"), "seeds"] == 2
+    assert table.loc[("none", "old"), "test_acc"] == "60.00 ± 10.00"
+    assert [cell for cell in bench.CELLS if cell[0] == "none"] == [("none", "old"), ("none", "new"), ("none", "lpft")]
+    from tlrun.data.sources import OPENCV_DIGITS
+
+    if OPENCV_DIGITS.is_file():  # 3 images per digit, 20 px, from OpenCV's sheet
+        root = bench.export_cvdigits(tmp_path / "cv", per_class=3)
+        assert sorted(p.name for p in root.iterdir()) == [str(d) for d in range(10)]
+        assert all(len(list((root / str(d)).glob("*.png"))) == 3 for d in range(10))

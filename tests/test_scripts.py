@@ -161,6 +161,22 @@ def test_bench_imagefolder_script(tmp_path: Path):
     assert json.loads((out / "lenet-none-s0" / "metrics.json").read_text())["test_acc"] == table["test_acc"][0]
 
 
+@pytest.mark.skipif(not OPENCV_DIGITS.is_file(), reason="opencv-doc is not installed")
+@pytest.mark.slow  # fast coverage: tests/test_benchmarks.py, tests/test_freeze.py (backbone lr, LP-FT)
+def test_bench_finetune_script(tmp_path: Path):
+    out = tmp_path / "finetune"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "finetune" / "bench_finetune.py"), "--datasets",
+                             "cvdigits", "--seeds", "0", "--epochs", "2", "--warmup", "1", "--per-class", "4",
+                             "--image-size", "32", "--cells", "all:new,none:old,none:lpft", "--out", str(out),
+                             "--extra", "device=cpu device.threads=1"],
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = pd.read_csv(out / "bench_finetune.csv")
+    assert runs[["freeze", "recipe"]].values.tolist() == [["all", "new"], ["none", "old"], ["none", "lpft"]]
+    assert runs["backbone_lr_mult"].tolist() == [0.1, 1.0, 0.1] and runs["head_warmup_epochs"].tolist() == [0, 0, 1]
+    assert "| dataset | freeze | recipe |" in result.stdout
+
+
 @pytest.mark.slow  # fast coverage: tests/test_benchmarks.py and the pipeline tests
 def test_bench_rank_script(tmp_path: Path):
     out = tmp_path / "rank"
