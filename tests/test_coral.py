@@ -79,7 +79,8 @@ def test_adaptation_coral_run(tmp_path: Path):
 def test_a_key_of_another_method_is_refused_with_corals_keys(tmp_path: Path):
     result = run_tlrun(["adaptation=coral", "adaptation.discriminator_width=8"], tmp_path)
     assert result.returncode == 2
-    assert ("valid keys in adaptation=coral: feature_layer, feature_plot, features, gamma, method, schedule, "
+    assert ("valid keys in adaptation=coral: feature_layer, feature_plot, features, gamma, mcc_temperature, "
+            "mcc_weight, method, schedule, "
             "warmup_epochs, warmup_source_acc, weight") \
         in result.stderr
     assert not list(tmp_path.rglob("*.json"))

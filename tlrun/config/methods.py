@@ -66,6 +66,13 @@ class AlignmentBase(AdaptationBase):
     warmup_source_acc: float = bounded(0.5, low=0.0, high=1.0,
                                        help="...and until an epoch's source train accuracy has covered this fraction "
                                             "of the way from chance to 1 (0 = epochs only)")
+    # Minimum Class Confusion (tlrun/methods/mcc.py) as a regulariser of any alignment method, on the target
+    # logits; it shares the warm-up (an untrained classifier's confident guesses are not worth sharpening).
+    mcc_weight: float = bounded(0.0, low=0.0,
+                                help="Add MCC (minimum class confusion of the target predictions) x this to the "
+                                     "method's loss once the warm-up is over (0 = off; adaptation=mcc uses weight)")
+    mcc_temperature: float = bounded(2.5, low=0.0, low_open=True,
+                                     help="Temperature T of MCC's target predictions softmax(logits / T)")
 
 
 @dataclass

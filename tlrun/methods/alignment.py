@@ -53,6 +53,12 @@ def dann_lambda(progress: float, max_weight: float = 1.0, gamma: float = 10.0) -
     return max_weight * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
 
 
+def prediction_entropy(predictions: torch.Tensor) -> torch.Tensor:
+    """H(ŷ) = −Σ_c ŷ_c log ŷ_c of each row of (N, C) probabilities, with 0 log 0 = 0 (CDAN+E's and MCC's
+    sample weights 1 + exp(−H))."""
+    return -torch.special.xlogy(predictions, predictions).sum(dim=1)
+
+
 @dataclass
 class DomainBatch:
     """One domain's half of a step's joint forward pass."""
@@ -94,8 +100,9 @@ class Alignment(nn.Module):
 
     def end_epoch(self, row: dict, epochs: int) -> None:
         """After each epoch (its ft_history.csv row): start the domain loss once the warm-up is over."""
+        threshold = float(self.cfg.warmup_source_acc)  # 0 = epochs only, even at below-chance accuracy
         if float(self.start_progress) < 0 and row["epoch"] >= int(self.cfg.warmup_epochs) \
-                and above_chance(row["train_acc"], self.num_classes) >= float(self.cfg.warmup_source_acc):
+                and (threshold == 0 or above_chance(row["train_acc"], self.num_classes) >= threshold):
             self.start_progress.fill_(row["epoch"] / epochs)
             if row["epoch"] < epochs:
                 log.info("Source warm-up done after epoch %d (train acc %.3f): the domain loss starts",

@@ -49,7 +49,8 @@ class AdaptationStep(TrainStep):
 
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
     domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
-    (source-only) the target batch is unused.
+    (source-only) the target batch is unused. With ``adaptation.mcc_weight`` > 0 the step also adds
+    that weight x MCC of the target logits (tlrun.methods.mcc), once the method's warm-up is over.
     """
 
     def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, method: Optional[Alignment],
@@ -58,6 +59,13 @@ class AdaptationStep(TrainStep):
         self.model, self.method = model, method
         self.tap, self.placement, self.align_on = tap, placement, align_on
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Here rather than in each method: the regulariser composes with any of them the same way.
+        self.mcc_weight = float(method.cfg.get("mcc_weight", 0.0)) if method is not None else 0.0
+        self.mcc: Optional[nn.Module] = None
+        if self.mcc_weight > 0:
+            from tlrun.methods.mcc import MinimumClassConfusionLoss
+
+            self.mcc = MinimumClassConfusionLoss(float(method.cfg.mcc_temperature))
 
     def forward(self, batch: Any, progress: float) -> StepOutput:
         (source_images, source_labels), (target_images, _unused_target_labels) = batch
@@ -79,7 +87,13 @@ class AdaptationStep(TrainStep):
             spread = features[:count].float().std(dim=0).mean().item() if count > 1 else float("nan")
         logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(), "feature_std": spread,
                 **stats}
-        return StepOutput(cls_loss + domain_loss, logits, source_labels, logs)
+        loss = cls_loss + domain_loss
+        if self.mcc is not None:  # the method's warm-up holds the regulariser back too
+            active = self.method.aligned_progress(progress) is not None
+            mcc_loss = self.mcc_weight * self.mcc(logits_all[count:]) if active else domain_loss.new_zeros(())
+            logs["mcc_loss"] = mcc_loss.item()
+            loss = loss + mcc_loss
+        return StepOutput(loss, logits, source_labels, logs)
 
 
 def build_method(cfg: DictConfig, feature_dim: int, num_classes: int) -> Optional[Alignment]:
