@@ -219,3 +219,55 @@ def test_collapse_detector_names_the_trivial_solution_and_the_fixes():
     # Shrunk features alone (a confident source classifier) or chance alone are not a collapse.
     assert collapsed(trivial.assign(train_acc=[0.5, 0.9, 0.95, 0.97]), 10) is None
     assert collapsed(trivial.assign(feature_std=[0.5, 0.5, 0.5, 0.5]), 10) is None
+
+
+def test_label_free_validators_match_direct_computations():
+    from tlrun.methods import validators
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=6)
+    entropy = -(p * np.log(p)).sum(axis=1)
+    assert validators.mean_entropy(torch.from_numpy(p)) == pytest.approx(entropy.mean())
+    mean = p.mean(axis=0)
+    assert validators.information_maximization(torch.from_numpy(p)) == pytest.approx(
+        -(mean * np.log(mean)).sum() - entropy.mean())
+    # SND by plain loops: L2-normalised predictions, similarities / 0.05, softmax over the other samples.
+    f = p / np.linalg.norm(p, axis=1, keepdims=True)
+    snd = []
+    for i in range(len(f)):
+        others = np.array([f[i] @ f[j] / 0.05 for j in range(len(f)) if j != i])
+        q = np.exp(others - others.max()) / np.exp(others - others.max()).sum()
+        snd.append(-(q * np.log(q)).sum())
+    assert validators.soft_neighborhood_density(torch.from_numpy(p)) == pytest.approx(np.mean(snd))
+    # DEV: the control variate removes the part of the weighted loss that the weights' noise explains.
+    losses, weights = rng.uniform(0, 2, 50), rng.uniform(0.2, 3, 50)
+    weighted = weights * losses
+    eta = -np.cov(weighted, weights)[0, 1] / np.var(weights, ddof=1)
+    assert validators.deep_embedded_validation(losses, weights) == pytest.approx(weighted.mean() + eta * weights.mean() - eta)
+    assert validators.deep_embedded_validation(losses, np.ones(50)) == pytest.approx(losses.mean())  # w = 1: plain risk
+    # Density ratios: target-like validation samples get larger weights than source-like ones.
+    source, target = rng.normal(0, 1, (200, 3)), rng.normal(2, 1, (200, 3))
+    ratios = validators.density_ratios(source, target, np.array([[0.0, 0, 0], [2.0, 2, 2]]))
+    assert ratios[1] > 10 * ratios[0]
+
+
+@needs_cvdigits
+@pytest.mark.parametrize("select_by", ["entropy", "last"])
+def test_select_by_a_label_free_validator_keeps_that_epochs_checkpoint(tmp_path: Path, select_by: str):
+    from tlrun.methods.validators import SELECTION
+
+    result = run_tlrun(["adaptation=none", *DA_TINY, "train.epochs=3", f"adaptation.select_by={select_by}",
+                        f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    history = pd.read_csv(tmp_path / "run" / "ft_history.csv")
+    assert {"target_entropy", "target_im", "target_snd", "dev_risk"} <= set(history.columns)
+    assert history[["target_entropy", "target_snd", "dev_risk"]].notna().all().all()
+    column, mode = SELECTION[select_by]
+    expected = int(history.loc[history[column].idxmin() if mode == "min" else history[column].idxmax(), "epoch"])
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["best_epoch"] == expected and metrics["select_by"] == select_by
+    # The kept checkpoint is that epoch's: its target accuracy is the history's at that epoch.
+    assert metrics["target_acc"] == pytest.approx(history["target_acc"].iloc[expected - 1])
+    picks = metrics["validator_picks"]
+    assert set(picks) == {"source_val", "entropy", "im", "snd", "dev", "last"} and picks["last"]["epoch"] == 3
+    assert picks[select_by]["epoch"] == expected

@@ -117,6 +117,9 @@ def check_overrides(overrides: list[str]) -> None:
             continue
         if "/" in key:
             raise ConfigError(f"unknown config group '{key}'; groups: {', '.join(GROUPS + OVERLAY_GROUPS)}")
+        if _is_tracker_key(key):
+            _check_tracker_key(override, parsed, experiment)
+            continue
         group = key.split(".", 1)[0]
         if group in METHOD_GROUPS and "." in key:
             if experiment:  # an experiment may pick the method: the composed config is checked instead
@@ -129,6 +132,38 @@ def check_overrides(overrides: list[str]) -> None:
         field = schema_field(key)
         for value in _override_values(override):
             check_value(key, field, value)
+
+
+def _is_tracker_key(key: str) -> bool:
+    from tlrun.config.logger import TRACKERS
+
+    parts = key.split(".")
+    return len(parts) > 2 and parts[0] == "logger" and parts[1] in TRACKERS
+
+
+def _check_tracker_key(override: Any, parsed: list[Any], experiment: bool) -> None:
+    """``logger.mlflow.tracking_uri=...``: a key of a tracker's sub-node, which exists only when the logger=
+    override switches that tracker on (in every job of a sweep)."""
+    import dataclasses
+
+    from tlrun.config import check_value
+    from tlrun.config.logger import TRACKERS
+    from tlrun.errors import ConfigError
+
+    key = override.key_or_group
+    _, tracker, rest = key.split(".", 2)
+    selections = [[]]  # logger=none, the default
+    for other in parsed:
+        if other.key_or_group == "logger" and not other.is_delete():
+            selections = [value if isinstance(value, list) else [value] for value in _override_values(other)]
+    if not experiment and any(tracker not in map(str, chosen) for chosen in selections):
+        raise ConfigError(f"{key} configures the {tracker} tracker, which this command does not switch on; add "
+                          f"logger={tracker} (or logger=[tensorboard,mlflow] for both)")
+    fields = {f.name: f for f in dataclasses.fields(TRACKERS[tracker])}
+    if rest not in fields:
+        raise ConfigError(f"unknown key '{key}': valid keys in 'logger.{tracker}': {', '.join(sorted(fields))}")
+    for value in _override_values(override):
+        check_value(key, fields[rest], value)
 
 
 def selected_methods(parsed: list[Any]) -> dict[str, list[str]]:

@@ -204,7 +204,8 @@ class Engine:
                  epoch_metrics: Optional[Callable[[dict], dict[str, float]]] = None,
                  auxiliary: Optional[nn.Module] = None, validate: Optional[Callable[[], EvalResult]] = None,
                  resume: Optional[Path] = None, pipeline: str = "", sync_batchnorm: bool = False,
-                 on_epoch_end: Optional[Callable[[dict], None]] = None) -> None:
+                 on_epoch_end: Optional[Callable[[dict], None]] = None,
+                 select_by: tuple[str, str] = ("val_acc", "max")) -> None:
         self.model, self.step, self.optimizer = model, step, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.placement, self.run_dir, self.epochs = placement, Path(run_dir), epochs
@@ -218,6 +219,8 @@ class Engine:
         self.progress_mode = progress
         self.epoch_metrics = epoch_metrics
         self.on_epoch_end = on_epoch_end  # e.g. an experiment tracker's log_epoch, after the row is on disk
+        # The history column (and max/min) that picks best.pt and drives early stopping; "epoch"/max = the last.
+        self.select_by = select_by
         # Modules trained beside the model (e.g. DANN's domain discriminator): train mode and checkpoints.
         self.auxiliary = auxiliary
         # Under torchrun the step runs through DistributedDataParallel (built at the first fit).
@@ -387,7 +390,7 @@ class Engine:
     def fit(self) -> FitResult:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.checkpoint_dir)  # a writer killed mid-checkpoint left its temp file
-        best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0}
+        best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf"), "stale": 0, "score": None}
         offset = self.epoch_offset  # epochs of earlier progressive-resizing phases
         first_epoch = offset + 1
         if self.parallel_step is None:  # DDP starts every rank from rank 0's weights and buffers
@@ -434,9 +437,9 @@ class Engine:
         row["data_time_s"] = self.timings["data_time_s"]
         row["compute_time_s"] = self.timings["compute_time_s"] + self.eval_forward_s
         self.history.append(row)
-        improved = val.acc > best["val_acc"] + self.min_delta
+        improved = self._improves(row, best)
         if improved:
-            best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0)
+            best.update(epoch=epoch, val_acc=val.acc, val_loss=val.loss, stale=0, score=float(row[self.select_by[0]]))
         else:
             best["stale"] += 1
         stop = self.patience is not None and best["stale"] >= self.patience
@@ -454,6 +457,15 @@ class Engine:
         if self._interrupted():  # arrived during validation/checkpointing: this epoch is saved
             raise RunInterrupted(INTERRUPTS.received or "a signal to another rank", epoch)
         return stop
+
+    def _improves(self, row: dict, best: dict) -> bool:
+        """Does this epoch beat the best one by the selection column (by more than min_delta)?"""
+        column, mode = self.select_by
+        score = float(row[column])
+        previous = best.get("score", best["val_acc"] if column == "val_acc" else None)  # older checkpoints
+        if previous is None or best["epoch"] == 0:
+            return True if column != "val_acc" else score > best["val_acc"] + self.min_delta
+        return score > previous + self.min_delta if mode == "max" else score < previous - self.min_delta
 
     def write_history(self) -> None:
         path = self.run_dir / "ft_history.csv"

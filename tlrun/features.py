@@ -23,16 +23,18 @@ class _StopForward(Exception):
 
 class FeatureTap:
     """Keeps the tensor a module of ``model`` reads (``side="input"``) or returns (``"output"``) on each
-    forward pass, as ``features`` (flattened to (N, D) unless ``flatten=False``). A context manager:
-    leaving it removes the hook."""
+    forward pass, as ``features`` (flattened to (N, D) unless ``flatten=False``). With ``clone=True`` it
+    keeps a copy (still in the autograd graph): a later in-place op of the forward, e.g. ReLU(inplace=True)
+    on a BatchNorm's output, would otherwise change the kept tensor and break the backward pass of a loss
+    on it. A context manager: leaving it removes the hook."""
 
     def __init__(self, model: nn.Module, module_name: str, side: str = "input", flatten: bool = True,
-                 stop: bool = False, key: str = "module") -> None:
+                 stop: bool = False, key: str = "module", clone: bool = False) -> None:
         names = [name for name, _ in model.named_modules() if name]
         if module_name not in names:
             raise ConfigError(f"{key}={module_name} is not a module of the model; choose one of: "
                               f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
-        self.model, self.flatten, self.stop = model, flatten, stop
+        self.model, self.flatten, self.stop, self.clone = model, flatten, stop, clone
         self.features: Optional[torch.Tensor] = None
         module = model.get_submodule(module_name)
         if side == "input":
@@ -43,6 +45,8 @@ class FeatureTap:
     def _keep(self, tensor: Any) -> None:
         if not isinstance(tensor, torch.Tensor):
             raise ValueError("the tapped module does not read or produce one tensor")
+        if self.clone:
+            tensor = tensor.clone()
         self.features = tensor.flatten(1) if self.flatten else tensor
         if self.stop:
             raise _StopForward

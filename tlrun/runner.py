@@ -101,8 +101,11 @@ def _record_interruption(run_dir: Path, exc: RunInterrupted) -> str:
 def _remove_if_empty(run_dir: Path) -> None:
     """A job that failed before producing anything leaves no run folder behind (nor the date folder
     that the folder's claim created)."""
+    from tlrun.tracking import TRACKING_FILE
+
     produced = {p.name for p in run_dir.iterdir() if not (p.is_dir() and not any(p.iterdir()))} if run_dir.is_dir() else set()
-    if run_dir.is_dir() and produced <= _HYDRA_OWN:
+    # tracking.json only links the folder to its tracker run (which records the failure itself).
+    if run_dir.is_dir() and produced <= _HYDRA_OWN | {TRACKING_FILE}:
         shutil.rmtree(run_dir, ignore_errors=True)
         remove_created_parents(run_dir)
 

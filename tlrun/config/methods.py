@@ -42,6 +42,10 @@ class AdaptationBase:
                 "features.13; null = the head's input"})
     feature_plot: str = choice("pca", ("pca", "tsne"),
                                help="features.png: source vs target features before/after training, by pca or tsne")
+    # Label-free validators (tlrun/methods/validators.py), scored every epoch; target labels never select.
+    select_by: str = choice("source_val", ("source_val", "entropy", "im", "snd", "dev", "last"),
+                            help="Which epoch's checkpoint is kept: best source val_acc, lowest target entropy, "
+                                 "highest information maximisation (im), highest SND, lowest DEV risk, or the last")
 
     @staticmethod
     def check(cfg: DictConfig) -> None:

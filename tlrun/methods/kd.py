@@ -11,7 +11,7 @@ term only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +58,31 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * kd + (1.0 - alpha) * ce, {"kd_loss": kd.item(), "ce_loss": ce.item()}
 
 
+class StudentStage(nn.Module):
+    """Epochs that train the student before its KD epochs, in the same Engine, run folder and
+    ft_history.csv (FitNet's hint stage). A loss offers one through :meth:`DistillationLoss.pre_stage`.
+    Its own parameters (FitNet's regressor) get an optimizer group and are checkpointed with the run;
+    the models it reads are not its submodules."""
+
+    name = "pre"  # history column ``<name>_stage`` is 1 in its epochs, 0 in the KD epochs
+    epochs = 0
+
+    def forward(self, images: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(loss, the student's logits, per-step logs) of a batch of (labelled and transfer) images."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """The stage is over: release what it attached to the models (feature hooks)."""
+
+
 @DISTILL.register("kd", KdConfig, pipeline="kd")
 class DistillationLoss(nn.Module):
-    """:func:`distillation_loss` with its T, α and label smoothing fixed (the KD pipeline's loss)."""
+    """:func:`distillation_loss` with its T, α and label smoothing fixed (the KD pipeline's loss).
+
+    A subclass may set ``uses_progress`` (the KD step then passes ``progress=`` in [0, 1], e.g. for DKD's
+    warm-up), offer a :class:`StudentStage` from ``pre_stage`` and add ``metrics`` to metrics.json."""
+
+    uses_progress = False
 
     def __init__(self, temperature: float, alpha: float, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -76,6 +98,15 @@ class DistillationLoss(nn.Module):
         """The loss of a batch whose first len(targets) rows are labelled, and its parts for ft_history.csv."""
         return distillation_loss(student_logits, teacher_logits, targets, self.temperature, self.alpha,
                                  self.label_smoothing)
+
+    def pre_stage(self, student: nn.Module, student_geometry: Any, teacher: Any,
+                  placement: Any) -> Optional[StudentStage]:
+        """A stage that trains the student before KD (none for a loss on logits alone)."""
+        return None
+
+    def metrics(self) -> dict[str, Any]:
+        """The method's own settings for metrics.json (distill.temperature and alpha are already there)."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}, label_smoothing={self.label_smoothing}"

@@ -24,7 +24,7 @@ from tlrun.data.transforms import build_transform
 from tlrun.engine import Placement, StepOutput, TrainStep
 from tlrun.errors import ConfigError, DataError
 from tlrun.features import FeatureTap
-from tlrun.methods import ADAPTATION
+from tlrun.methods import ADAPTATION, validators
 from tlrun.methods.alignment import Alignment, DomainBatch, collapsed
 from tlrun.methods.domain_gap import feature_mmd, proxy_a_distance
 from tlrun.pipelines.common import (PIPELINES, RunContext, base_metrics, make_engine, make_loaders, prepare_model,
@@ -34,6 +34,7 @@ from tlrun.report import plot_domain_features
 log = logging.getLogger(__name__)
 
 GAP_SAMPLES = 1000  # per domain, for the MMD / A-distance / plot of the feature space
+VALIDATION_SAMPLES = 500  # per split, for the label-free validators of each epoch
 
 
 def feature_tap(model: nn.Module, head_name: str, cfg: DictConfig) -> FeatureTap:
@@ -134,6 +135,51 @@ def extract_features(model: nn.Module, tap: FeatureTap, loader: DataLoader, plac
     return torch.cat(chunks)[:limit].numpy()
 
 
+@torch.inference_mode()
+def extract_outputs(model: nn.Module, tap: FeatureTap, loader: DataLoader,
+                    placement: Placement) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, logits, labels) of every batch of ``loader``, in eval mode, on the CPU in float32."""
+    model.eval()
+    features, logits, labels = [], [], []
+    for images, targets in loader:
+        logits.append(model(placement.images(images)).float().cpu())
+        features.append(tap.features.float().cpu())
+        labels.append(targets)
+    return torch.cat(features), torch.cat(logits), torch.cat(labels)
+
+
+def sample_loader(images, transform, batch_size: int, seed: int, workers: int) -> DataLoader:
+    """At most VALIDATION_SAMPLES of ``images`` (a seeded random subset, the same every epoch), unshuffled."""
+    dataset = ImageDataset(images, transform)
+    count = min(len(dataset), VALIDATION_SAMPLES)
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return make_loader(torch.utils.data.Subset(dataset, chosen.tolist()), batch_size, False, seed, workers)
+
+
+class LabelFreeValidators:
+    """The epoch's label-free scores (tlrun.methods.validators): target entropy, information maximisation
+    and SND from the target predictions; DEV from the source validation losses, importance-weighted by a
+    domain classifier on source-train vs target features. Target labels are never read."""
+
+    def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, loaders: dict[str, DataLoader],
+                 seed: int) -> None:
+        self.model, self.tap, self.placement, self.loaders, self.seed = model, tap, placement, loaders, seed
+
+    def __call__(self) -> dict[str, float]:
+        outputs = {name: extract_outputs(self.model, self.tap, loader, self.placement)
+                   for name, loader in self.loaders.items()}
+        target_features, target_logits, _unused_labels = outputs["target"]
+        probabilities = torch.softmax(target_logits, dim=1)
+        val_features, val_logits, val_labels = outputs["source_val"]
+        losses = nn.functional.cross_entropy(val_logits, val_labels, reduction="none").numpy()
+        weights = validators.density_ratios(outputs["source_train"][0].numpy(), target_features.numpy(),
+                                            val_features.numpy(), seed=self.seed)
+        return {"target_entropy": validators.mean_entropy(probabilities),
+                "target_im": validators.information_maximization(probabilities),
+                "target_snd": validators.soft_neighborhood_density(probabilities),
+                "dev_risk": validators.deep_embedded_validation(losses, weights)}
+
+
 def domain_gap(source: np.ndarray, target: np.ndarray, seed: int) -> dict[str, float]:
     return {"mmd": feature_mmd(source, target, seed=seed), "a_distance": proxy_a_distance(source, target, seed=seed)}
 
@@ -174,13 +220,20 @@ def run_adaptation(ctx: RunContext) -> dict:
             method_groups.append({"params": [p for p in method.parameters() if p.requires_grad],
                                   "lr": cfg.train.lr * method.lr_mult, "stage": cfg.adaptation.method})
     step = AdaptationStep(model, tap, placement, method, cfg.adaptation.features, cfg.train.label_smoothing)
+    select_by = cfg.adaptation.select_by
     engine = make_engine(ctx, prepared, step, PairedBatches(loaders.train, target_train), loaders.val,
-                         method_groups, auxiliary=method)
+                         method_groups, auxiliary=method, select_by=validators.SELECTION[select_by])
+    eval_batch, workers = cfg.train.eval_batch_size, cfg.device.num_workers
+    score = LabelFreeValidators(model, tap, placement, {
+        "target": sample_loader(target.splits["train"], eval_tf, eval_batch, cfg.seed, workers),
+        "source_train": sample_loader(source.splits["train"], eval_tf, eval_batch, cfg.seed, workers),
+        "source_val": loaders.val}, cfg.seed)
 
     def target_columns(row: dict) -> dict[str, float]:
         if method is not None:
             method.end_epoch(row, cfg.train.epochs)  # the warm-up's end is decided on whole epochs
-        return {"source_val_acc": row["val_acc"], "target_acc": engine.evaluate(target_test).acc}
+        # target_acc is reported only; the validators' columns are what selection may use.
+        return {"source_val_acc": row["val_acc"], **score(), "target_acc": engine.evaluate(target_test).acc}
 
     engine.epoch_metrics = target_columns
     fit = engine.fit()
@@ -203,7 +256,12 @@ def run_adaptation(ctx: RunContext) -> dict:
         "adaptation": cfg.adaptation.method,
         "source": source.name,
         "target": target.name,
-        "selection": "best source val_acc checkpoint (target labels only for reporting)",
+        "selection": f"adaptation.select_by={select_by}: the epoch of the best "
+                     f"{'/'.join(validators.SELECTION[select_by])} (target labels only for reporting)",
+        "select_by": select_by,
+        # What each label-free validator would have picked, and that epoch's target accuracy (report only).
+        "validator_picks": {name: {"epoch": epoch, "target_acc": float(fit.history["target_acc"][epoch - 1])}
+                            for name, epoch in validators.pick_epochs(fit.history).items()},
         "source_test_acc": test.acc,
         "target_acc": target_result.acc,
         "target_acc_last": float(fit.history["target_acc"].iloc[-1]),

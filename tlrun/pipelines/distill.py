@@ -23,7 +23,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -47,7 +47,7 @@ from tlrun.engine import Engine, FitResult, Placement, StepOutput, TrainStep, ha
 from tlrun.errors import CheckpointError, ConfigError, DataError, WeightsError
 from tlrun.freeze import count_params
 from tlrun.methods import DISTILL
-from tlrun.methods.kd import DistillationLoss
+from tlrun.methods.kd import DistillationLoss, StudentStage
 from tlrun.models.catalog import MODEL_DEFAULTS
 from tlrun.models.timm_backbones import is_timm
 from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContext, base_metrics, make_engine,
@@ -122,13 +122,20 @@ TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images,
 class DistillationStep(TrainStep):
     """Hinton KD on a labelled batch; with ``transfer_teacher`` a batch is (labelled, unlabelled transfer)
     and the soft-target term covers both, the hard-label term the labelled images only. The teachers are
-    plain callables, not submodules: they never train and DDP never sees them."""
+    plain callables, not submodules: they never train and DDP never sees them.
+
+    With a ``pre_stage`` (FitNet's hints) the step runs that stage's loss on all the batch's images until
+    ``pre_stage_active`` is set to False, then the KD loss."""
 
     def __init__(self, model: nn.Module, placement: Placement, teacher: TeacherLogits, loss: DistillationLoss,
-                 transfer_teacher: Optional[TeacherLogits] = None) -> None:
+                 transfer_teacher: Optional[TeacherLogits] = None, pre_stage: Optional[StudentStage] = None) -> None:
         super().__init__()
         self.model, self.loss = model, loss
         self.placement, self.teacher, self.transfer_teacher = placement, teacher, transfer_teacher
+        self.pre_stage, self.pre_stage_active = pre_stage, pre_stage is not None
+        # Each stage leaves parameters out (the hint stage the student's top, KD the regressor): DDP must know.
+        self.find_unused_parameters = pre_stage is not None
+        self.loss_uses_progress = bool(getattr(loss, "uses_progress", False))
 
     def forward(self, batch: Any, progress: float) -> StepOutput:
         if self.transfer_teacher is None:
@@ -137,8 +144,13 @@ class DistillationStep(TrainStep):
             (images, targets, index), transfer = batch
         targets = self.placement.labels(targets)
         images = self.placement.images(images)
-        teacher = self.teacher(images, index).float()
         count = len(images)
+        if self.pre_stage is not None and self.pre_stage_active:
+            if transfer is not None:  # hints need no labels: the transfer images take part too
+                images = torch.cat([images, self.placement.images(transfer[0])])
+            loss, logits, logs = self.pre_stage(images, progress)
+            return StepOutput(loss, logits[:count], hard_labels(targets), logs)
+        teacher = self.teacher(images, index).float()
         if transfer is not None:
             transfer_images, _no_labels, transfer_index = transfer
             transfer_images = self.placement.images(transfer_images)
@@ -147,7 +159,10 @@ class DistillationStep(TrainStep):
         # With MixUp/CutMix the targets are class probabilities (cross-entropy takes them as they are)
         # and the online teacher has seen the same mixed images.
         all_logits = self.model(images)
-        loss, logs = self.loss(all_logits, teacher, targets)
+        if self.loss_uses_progress:
+            loss, logs = self.loss(all_logits, teacher, targets, progress=progress)
+        else:
+            loss, logs = self.loss(all_logits, teacher, targets)
         return StepOutput(loss, all_logits[:count], hard_labels(targets), logs)
 
 
@@ -348,6 +363,23 @@ class StudentFit:
     logits_cache: str  # hit | miss (cached mode), none (online mode)
     logits_mode: str  # cached | online
     transfer_images: int  # unlabelled transfer images in the soft-target term (distill.transfer_images)
+    method_metrics: dict = field(default_factory=dict)  # the loss's own settings (DistillationLoss.metrics)
+
+
+def run_pre_stage(engine: Engine, step: DistillationStep, stage: StudentStage, train_loader: Any,
+                  val_loader: Optional[DataLoader], kd_epochs: int) -> None:
+    """The stage's epochs first, as a phase of the run's Engine (one history, epochs numbered on), then
+    the KD phase with a fresh learning-rate schedule; the KD phase selects the best epoch on its own."""
+    log.info("Student pre-stage '%s': %d epochs before %d KD epochs", stage.name, stage.epochs, kd_epochs)
+    patience, engine.patience = engine.patience, None  # an untrained head's val_acc says nothing yet
+    engine.start_phase(train_loader, val_loader, stage.epochs, columns={f"{stage.name}_stage": 1})
+    try:
+        engine.fit()
+    finally:
+        stage.close()  # the feature hooks go: KD and the teacher's test pass run the models whole
+    step.pre_stage_active = False
+    engine.patience = patience
+    engine.start_phase(train_loader, val_loader, kd_epochs, columns={f"{stage.name}_stage": 0})
 
 
 def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher_file: Path,
@@ -358,6 +390,7 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
     augment = cfg.data.augment
     check_kd_options(cfg)
     check_same_classes(teacher, data)
+    loss = distillation_loss_of(cfg)
     mode = teacher_logits_mode(cfg)
     transfer = None
     if cfg.distill.get("transfer_images"):
@@ -389,12 +422,21 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
         train_loader = PairedBatches(train_loader, make_loader(Indexed(ImageDataset(transfer, train_tf)),
                                                                cfg.train.batch_size, True, cfg.seed + 1,
                                                                cfg.device.num_workers))
-    loss = distillation_loss_of(cfg)
-    step = DistillationStep(prepared.model, ctx.placement, source, loss, transfer_source)
-    engine = make_engine(ctx, prepared, step, train_loader, loaders.val)
+    # After the teacher-logit passes: a pre-stage's feature hooks stop the teacher's forward at its layer.
+    pre_stage = loss.pre_stage(prepared.model, prepared.geometry, teacher, ctx.placement) \
+        if isinstance(loss, DistillationLoss) else None
+    step = DistillationStep(prepared.model, ctx.placement, source, loss, transfer_source, pre_stage)
+    groups = []
+    if pre_stage is not None and any(p.requires_grad for p in pre_stage.parameters()):
+        groups.append({"params": [p for p in pre_stage.parameters() if p.requires_grad], "lr": cfg.train.lr,
+                       "stage": pre_stage.name})
+    engine = make_engine(ctx, prepared, step, train_loader, loaders.val, groups, auxiliary=pre_stage)
+    if pre_stage is not None:
+        run_pre_stage(engine, step, pre_stage, train_loader, loaders.val, cfg.train.epochs)
     fit = engine.fit()
     engine.load_best()
-    return StudentFit(engine, fit, loaders, logits_cache, mode, len(transfer) if transfer is not None else 0)
+    return StudentFit(engine, fit, loaders, logits_cache, mode, len(transfer) if transfer is not None else 0,
+                      loss.metrics() if isinstance(loss, DistillationLoss) else {})
 
 
 @PIPELINES.register("kd")
@@ -431,6 +473,7 @@ def run_kd(ctx: RunContext) -> dict:
         "params_teacher": params_teacher,
         "params_student": params_student,
         "compression_ratio": params_teacher / params_student,
+        **student.method_metrics,
     })
     if cfg.distill.get("latency"):  # after the run's own results, on copies: training never pays for it
         metrics.update(latency_ms_teacher=latency_ms(teacher.model, teacher.geometry.crop_size),

@@ -14,6 +14,20 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from tlrun.errors import TlrunError
+
+# In the run folder: which tracker run the folder reports to (MLflow's run id), so a resume continues it.
+TRACKING_FILE = "tracking.json"
+
+
+class TrackerError(TlrunError):
+    """A tracker that is not installed, cannot be reached or is misconfigured: one line, exit 2, before
+    training. ``problem`` alone is the warning when ``logger.fail_on_error=false`` lets the run go on."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}, or set logger.fail_on_error=false")
+        self.problem = problem
+
 
 class Tracker:
     """The no-op tracker (``logger=none``) and the interface every tracker implements."""
