@@ -199,7 +199,10 @@ def test_source_warm_up_starts_the_domain_loss_later_and_is_checkpointed(tmp_pat
     # Epochs 2-3 ramp over the aligned progress p' = (p - 1/3) / (2/3): epoch 2 covers p' in [0, 1/2).
     assert 0 < history["lambda"].iloc[1] < dann_lambda(0.5) < history["lambda"].iloc[2] < dann_lambda(1.0)
     metrics = read_metrics(tmp_path / "run")
-    assert metrics["alignment_start_epoch"] == 2 and metrics["collapsed"] is False
+    from tlrun.methods.alignment import collapsed
+
+    assert metrics["alignment_start_epoch"] == 2
+    assert metrics["collapsed"] is (collapsed(history, 10) is not None)  # the tiny run may sit at chance
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["auxiliary"]["start_progress"].item() == pytest.approx(1 / 3)  # a resume keeps the schedule
 
@@ -216,9 +219,11 @@ def test_collapse_detector_names_the_trivial_solution_and_the_fixes():
     message = collapsed(trivial, 10)
     assert message is not None and "trivial aligned solution" in message
     assert "adaptation.warmup_epochs" in message and "adaptation.weight" in message
-    # Shrunk features alone (a confident source classifier) or chance alone are not a collapse.
+    # Shrunk features with a confident source classifier are not a collapse; chance accuracy with spread
+    # features is (DANN's game can keep the classifier at chance without shrinking them), worded so.
     assert collapsed(trivial.assign(train_acc=[0.5, 0.9, 0.95, 0.97]), 10) is None
-    assert collapsed(trivial.assign(feature_std=[0.5, 0.5, 0.5, 0.5]), 10) is None
+    spread = collapsed(trivial.assign(feature_std=[0.5, 0.5, 0.6, 0.7]), 10)
+    assert spread is not None and "kept the classifier from learning" in spread
 
 
 def test_label_free_validators_match_direct_computations():

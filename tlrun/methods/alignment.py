@@ -134,9 +134,10 @@ class Alignment(nn.Module):
 
 
 def collapsed(history: pd.DataFrame, num_classes: int) -> Optional[str]:
-    """The one-line diagnosis of a collapse to the trivial aligned solution, or None: source train accuracy
-    at chance for the last two aligned epochs while the source features' spread (``feature_std``)
-    shrank below COLLAPSE_FEATURE_STD of its value before alignment."""
+    """The one-line diagnosis of a failed alignment, or None: source train accuracy at chance for the last
+    two aligned epochs. A classifier at chance on its own labelled data has failed whatever the features
+    did; whether their spread (``feature_std``) shrank below COLLAPSE_FEATURE_STD of its value before
+    alignment only words the message (MMD's constant features; DANN's game can keep them spread)."""
     if "feature_std" not in history or "lambda" not in history:
         return None
     aligned = history[history["lambda"] > 0]
@@ -145,11 +146,12 @@ def collapsed(history: pd.DataFrame, num_classes: int) -> Optional[str]:
     before = history.loc[: aligned.index[0], "feature_std"].max()
     last = aligned.iloc[-2:]
     near_chance = all(above_chance(acc, num_classes) <= COLLAPSE_ACC for acc in last["train_acc"])
-    shrunk = float(last["feature_std"].iloc[-1]) <= COLLAPSE_FEATURE_STD * float(before)
-    if not (near_chance and shrunk):
+    if not near_chance:
         return None
+    shrunk = float(last["feature_std"].iloc[-1]) <= COLLAPSE_FEATURE_STD * float(before)
+    cause = (f"while the features shrank to std {last['feature_std'].iloc[-1]:.2g} (from {before:.2g}): the "
+             "domain loss found the trivial aligned solution of constant features" if shrunk else
+             "while the domain loss was on: it kept the classifier from learning the source labels")
     return (f"Adaptation collapsed: source train accuracy {last['train_acc'].iloc[-1]:.3f} is at chance "
-            f"(1/{num_classes}) while the features shrank to std {last['feature_std'].iloc[-1]:.2g} (from "
-            f"{before:.2g}): the domain loss found the trivial aligned solution of constant features. Fixes: a "
-            "longer source warm-up (adaptation.warmup_epochs, adaptation.warmup_source_acc), a lower "
-            "adaptation.weight, or a lower train.lr.")
+            f"(1/{num_classes}) {cause}. Fixes: a longer source warm-up (adaptation.warmup_epochs, "
+            "adaptation.warmup_source_acc), a lower adaptation.weight, or a lower train.lr.")

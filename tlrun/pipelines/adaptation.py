@@ -149,11 +149,15 @@ def extract_outputs(model: nn.Module, tap: FeatureTap, loader: DataLoader,
 
 
 def sample_loader(images, transform, batch_size: int, seed: int, workers: int) -> DataLoader:
-    """At most VALIDATION_SAMPLES of ``images`` (a seeded random subset, the same every epoch), unshuffled."""
+    """At most VALIDATION_SAMPLES of ``images`` (a seeded random subset, the same every epoch), unshuffled.
+    Its own generator: iterating it never draws from the global torch stream, so scoring the validators
+    leaves training's random numbers (dropout, augmentation) exactly as they would be without them."""
     dataset = ImageDataset(images, transform)
     count = min(len(dataset), VALIDATION_SAMPLES)
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return make_loader(torch.utils.data.Subset(dataset, chosen.tolist()), batch_size, False, seed, workers)
+    return DataLoader(torch.utils.data.Subset(dataset, chosen.tolist()), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 class LabelFreeValidators:
@@ -227,7 +231,7 @@ def run_adaptation(ctx: RunContext) -> dict:
     score = LabelFreeValidators(model, tap, placement, {
         "target": sample_loader(target.splits["train"], eval_tf, eval_batch, cfg.seed, workers),
         "source_train": sample_loader(source.splits["train"], eval_tf, eval_batch, cfg.seed, workers),
-        "source_val": loaders.val}, cfg.seed)
+        "source_val": sample_loader(source.splits["val"], eval_tf, eval_batch, cfg.seed, workers)}, cfg.seed)
 
     def target_columns(row: dict) -> dict[str, float]:
         if method is not None:
