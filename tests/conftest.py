@@ -32,6 +32,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("process") is None)
 
 
+@pytest.fixture
+def single_thread():
+    """One torch thread for a test of tiny tensors: OpenMP threads only add synchronisation on a busy
+    2-core box (BatchNorm ~1000x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_tlrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """``tlrun ARGS`` run in this process by the real entry point (``tlrun.cli.main``: the same argument
     checks, Hydra composition, run folder and job as the console script), with its own working folder,

@@ -23,13 +23,7 @@ from tlrun.methods.mcc import (Mcc, MccConfig, MinimumClassConfusionLoss, catego
 from tlrun.methods.alignment import DomainBatch
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: extra OpenMP threads only add synchronisation on the shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- the papers' equations, written out

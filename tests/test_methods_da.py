@@ -16,13 +16,7 @@ from tlrun.methods.mmd import MultiKernelMMDLoss, mk_mmd
 MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: OpenMP threads only add synchronisation (BatchNorm is ~1000x slower on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- gradient reversal

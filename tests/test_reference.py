@@ -106,8 +106,23 @@ def test_cli_group_help_unknown_name(monkeypatch, capsys):
     assert len(lines) == 1 and lines[0].startswith("tlrun: error:") and "adaptation" in lines[0], captured.err
 
 
-def test_plain_help_is_left_to_hydra():
+def test_help_with_overrides_or_flags_is_left_to_hydra():
     from tlrun.cli import print_group_help
 
     for argv in (["--help"], ["-h"], ["--help", "model=resnet18"], ["--help", "--cfg", "job"], ["train.lr=1"]):
         assert print_group_help(argv) is False, argv
+
+
+def test_bare_help_prints_hydras_sections_from_one_composition(monkeypatch, capsys):
+    from tlrun.cli import group_options
+
+    code, captured = _run_main(monkeypatch, capsys, "--help")
+    assert code == 0
+    text = captured.out
+    assert text.startswith("tlrun: config-driven transfer learning") and "Results go to outputs/" in text
+    groups = text.split("== Config groups ==\n")[1].split("\n\n== Config ==\n")[0].splitlines()
+    assert groups[0].startswith("adaptation: ") and "_alignment" not in groups[0]  # shared parts are not options
+    assert f"model: {', '.join(group_options('model'))}" in groups and "timm" in group_options("model")
+    assert "logger: mlflow, none, tensorboard" in groups
+    config = text.split("== Config ==\n")[1]
+    assert "model:\n  name: mobilenet_v2\n" in config and "hydra:" not in config

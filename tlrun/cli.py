@@ -298,6 +298,34 @@ def print_group_help(argv: list[str]) -> bool:
     return True
 
 
+def print_app_help(argv: list[str]) -> bool:
+    """Bare ``tlrun --help`` (or ``-h``): the app help of ``hydra.help`` (header, config groups, the default
+    config, footer), printed from one composition. Hydra's own renderer builds a config repository per
+    group option (~100 deep copies, ~3 s here); this prints the same sections in a fraction of that, and
+    leaves out the shared ``_`` parts (``_alignment``) that are not options."""
+    if argv not in (["--help"], ["-h"]):
+        return False
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from tlrun.config import GROUPS, OVERLAY_GROUPS, register_configs
+
+    register_configs()
+    try:
+        with initialize_config_module("tlrun.conf", version_base="1.3"):
+            cfg = compose(CONFIG_NAME, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    help_cfg = cfg.hydra.help
+    groups = "\n".join(f"{group}: {', '.join(group_options(group))}" for group in sorted(GROUPS + OVERLAY_GROUPS))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(f"{help_cfg.header}\n== Config groups ==\n{groups}\n\n== Config ==\n{OmegaConf.to_yaml(cfg)}\n"
+          f"{help_cfg.footer}")
+    return True
+
+
 def _run_task(cfg: Any) -> Any:
     from tlrun.runner import run_job
 
@@ -317,7 +345,7 @@ def main() -> None:
 
 def _main() -> None:
     # tlrun --help <group or key>: that group's options and keys with their help (tlrun.reference).
-    if print_group_help(sys.argv[1:]):
+    if print_group_help(sys.argv[1:]) or print_app_help(sys.argv[1:]):
         sys.exit(0)
     import hydra
     from hydra._internal.utils import get_args_parser

@@ -108,8 +108,7 @@ class ConditionalDomainAdversarialLoss(nn.Module):
 
     def set_progress(self, progress: Optional[float]) -> None:
         """Training progress p in [0, 1] for the GRL's λ schedule (None: the warm-up, λ = 0)."""
-        self.grl.paused = progress is None
-        self.grl.set_progress(progress or 0.0)
+        self.grl.set_progress(progress)
 
     def conditioned(self, features: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
         """The discriminator's input T(f, g)."""

@@ -73,8 +73,10 @@ class GradientReversalLayer(nn.Module):
         self.progress = 0.0
         self.paused = False  # the method's warm-up: lambda = 0 whatever the schedule
 
-    def set_progress(self, progress: float) -> None:
-        """Set training progress p (clamped to [0, 1])."""
+    def set_progress(self, progress: Optional[float]) -> None:
+        """Set training progress p (clamped to [0, 1]); None pauses the layer (a method's warm-up: lambda = 0)."""
+        self.paused = progress is None
+        progress = 0.0 if progress is None else progress
         if not math.isfinite(progress):
             raise ValueError(f"progress must be finite, got {progress}")
         self.progress = min(max(float(progress), 0.0), 1.0)
@@ -159,8 +161,7 @@ class DomainAdversarialLoss(nn.Module):
 
     def set_progress(self, progress: Optional[float]) -> None:
         """Forward training progress p in [0, 1] to the GRL's lambda schedule (None: paused, lambda = 0)."""
-        self.grl.paused = progress is None
-        self.grl.set_progress(progress or 0.0)
+        self.grl.set_progress(progress)
 
     @property
     def lambda_(self) -> float:
