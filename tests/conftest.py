@@ -27,8 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The long process tests first: pytest-xdist hands tests out in this order, so the short in-process
-    ones fill the end and the workers finish together instead of one waiting on a late long test."""
+    """The long process tests first (their modules first, under --dist loadscope): pytest-xdist hands
+    tests out in this order, so the short ones fill the end and the workers finish together."""
     items.sort(key=lambda item: item.get_closest_marker("process") is None)
 
 

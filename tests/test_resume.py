@@ -16,7 +16,7 @@ import torch
 
 from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
 
-RUN = ["model=lenet", "data.image_size=32", "train.epochs=5", "seed=3", *TINY]
+RUN = ["model=lenet", "data.image_size=32", "data.max_per_class=60", "train.epochs=5", "seed=3", *TINY]
 
 
 def start_tlrun(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -471,12 +471,19 @@ def test_sigterm_outside_training_is_exit_75_and_resumable(tmp_path: Path, where
                                                           usecols=0, ndmin=1)) == [1, 2]
 
 
-@pytest.mark.process
-def test_sweep_survives_a_job_that_crashes(tmp_path: Path):
-    patch = ("import tlrun.pipelines.finetune as f\n_run = f.run_finetune\n"
-             "def run(ctx, data=None):\n    if ctx.cfg.seed == 1:\n        raise TypeError('a bug in one job')\n"
-             "    return _run(ctx, data)\nf.run_finetune = run\nf.PIPELINES._items['finetune'] = run\n")
-    result = run_wrapper(fault_wrapper(tmp_path, patch), ["-m", *LENET, "seed=0,1,2"], tmp_path)
+def test_sweep_survives_a_job_that_crashes(tmp_path: Path, monkeypatch):
+    import tlrun.pipelines.finetune as finetune
+    from tlrun.pipelines.common import PIPELINES
+
+    real = finetune.run_finetune
+
+    def run(ctx, data=None):  # a bug in one job of the sweep
+        if ctx.cfg.seed == 1:
+            raise TypeError("a bug in one job")
+        return real(ctx, data)
+
+    monkeypatch.setitem(PIPELINES._items, "finetune", run)
+    result = run_tlrun(["-m", *LENET, "seed=0,1,2"], tmp_path)
     assert result.returncode == 2, result.stderr
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     failure = json.loads((sweep / "1" / "failed.json").read_text())
