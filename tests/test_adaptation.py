@@ -276,3 +276,9 @@ def test_select_by_a_label_free_validator_keeps_that_epochs_checkpoint(tmp_path:
     picks = metrics["validator_picks"]
     assert set(picks) == {"source_val", "entropy", "im", "snd", "dev", "last"} and picks["last"]["epoch"] == 3
     assert picks[select_by]["epoch"] == expected
+
+
+def test_a_label_free_validator_without_a_target_is_refused(tmp_path: Path):
+    result = run_tlrun(["model=lenet", "adaptation.select_by=snd", "train.epochs=1", *TINY], tmp_path)
+    assert_one_line_error(result, "adaptation.select_by=snd scores the target domain", "data.target=")
+    assert result.returncode == 2 and list(tmp_path.iterdir()) == []

@@ -122,3 +122,11 @@ def test_lp_ft_trains_the_head_alone_first_then_the_whole_network(tmp_path):
     states = {name: torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"] for name in runs}
     backbone = [key for key in states["lp"] if not key.startswith("fc.") and states["lp"][key].is_floating_point()]
     assert any(not torch.equal(states["lpft"][key], states["lp"][key]) for key in backbone)  # epoch 2 trained it
+
+
+def test_lp_ft_longer_than_the_run_is_refused_and_writes_nothing(tmp_path):
+    from conftest import TINY, assert_one_line_error, run_tlrun
+
+    result = run_tlrun(["model=lenet", "freeze=none", "freeze.head_warmup_epochs=4", "train.epochs=4", *TINY], tmp_path)
+    assert_one_line_error(result, "freeze.head_warmup_epochs=4 leaves none of train.epochs=4")
+    assert result.returncode == 2 and list(tmp_path.iterdir()) == []

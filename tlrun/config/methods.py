@@ -49,7 +49,10 @@ class AdaptationBase:
 
     @staticmethod
     def check(cfg: DictConfig) -> None:
-        """Cross-key checks of the whole run config that concern this group (none here)."""
+        """A label-free validator scores target predictions: it needs a target domain."""
+        if cfg.adaptation.select_by != "source_val" and cfg.data.target is None and cfg.data.target_root is None:
+            raise ConfigError(f"adaptation.select_by={cfg.adaptation.select_by} scores the target domain, but the "
+                              "run has none; add data.target=<dataset> or data.target_root=<folder>, or drop it")
 
 
 @dataclass

@@ -69,6 +69,15 @@ class FreezeConfig:
         "help": "Let frozen BatchNorm layers update their running statistics (else they keep the pretrained "
                 "ones)"})
 
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """LP-FT must leave epochs for the fine-tuning phase (else the backbone never trains)."""
+        warmup, epochs = cfg.freeze.head_warmup_epochs, cfg.train.epochs
+        if warmup and cfg.freeze.strategy != "all" and not cfg.train.get("progressive_resizing") and warmup >= epochs:
+            raise ConfigError(f"freeze.head_warmup_epochs={warmup} leaves none of train.epochs={epochs} for "
+                              f"freeze={cfg.freeze.strategy}; use fewer warm-up epochs or more train.epochs "
+                              "(freeze=all is the head-only run)")
+
 
 @dataclass
 class AugmentConfig:
