@@ -224,6 +224,12 @@ def test_collapse_detector_names_the_trivial_solution_and_the_fixes():
     assert collapsed(trivial.assign(train_acc=[0.5, 0.9, 0.95, 0.97]), 10) is None
     spread = collapsed(trivial.assign(feature_std=[0.5, 0.5, 0.6, 0.7]), 10)
     assert spread is not None and "kept the classifier from learning" in spread
+    # One noisy epoch above chance before the last: shrunk features plus a last epoch at chance still say
+    # collapse; without the shrinkage it takes two epochs at chance.
+    noisy = trivial.assign(train_acc=[0.11, 0.1, 0.25, 0.1])
+    assert "trivial aligned solution" in collapsed(noisy, 10)
+    assert collapsed(noisy.assign(feature_std=[0.5, 0.5, 0.6, 0.7]), 10) is None
+    assert collapsed(noisy.assign(train_acc=[0.11, 0.1, 0.1, 0.25]), 10) is None
 
 
 def test_label_free_validators_match_direct_computations():

@@ -135,9 +135,11 @@ class Alignment(nn.Module):
 
 def collapsed(history: pd.DataFrame, num_classes: int) -> Optional[str]:
     """The one-line diagnosis of a failed alignment, or None: source train accuracy at chance for the last
-    two aligned epochs. A classifier at chance on its own labelled data has failed whatever the features
-    did; whether their spread (``feature_std``) shrank below COLLAPSE_FEATURE_STD of its value before
-    alignment only words the message (MMD's constant features; DANN's game can keep them spread)."""
+    two aligned epochs, or at chance in the last one while the features' spread (``feature_std``) has shrunk
+    below COLLAPSE_FEATURE_STD of its value before alignment. A classifier at chance on its own labelled data
+    has failed whatever the features did; the shrinkage is the second witness that lets one epoch suffice
+    (on a small source one epoch's accuracy is noisy) and words the message (MMD's constant features;
+    DANN's game can keep them spread)."""
     if "feature_std" not in history or "lambda" not in history:
         return None
     aligned = history[history["lambda"] > 0]
@@ -145,10 +147,10 @@ def collapsed(history: pd.DataFrame, num_classes: int) -> Optional[str]:
         return None
     before = history.loc[: aligned.index[0], "feature_std"].max()
     last = aligned.iloc[-2:]
-    near_chance = all(above_chance(acc, num_classes) <= COLLAPSE_ACC for acc in last["train_acc"])
-    if not near_chance:
-        return None
+    at_chance = [above_chance(acc, num_classes) <= COLLAPSE_ACC for acc in last["train_acc"]]
     shrunk = float(last["feature_std"].iloc[-1]) <= COLLAPSE_FEATURE_STD * float(before)
+    if not (all(at_chance) or (at_chance[-1] and shrunk)):
+        return None
     cause = (f"while the features shrank to std {last['feature_std'].iloc[-1]:.2g} (from {before:.2g}): the "
              "domain loss found the trivial aligned solution of constant features" if shrunk else
              "while the domain loss was on: it kept the classifier from learning the source labels")
