@@ -98,6 +98,31 @@ def run_tlrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int 
     return subprocess.CompletedProcess(["tlrun", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
+def sigterm_after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, when=lambda *args, **kwargs: True,
+                  signum: int = 15) -> None:
+    """Send this process ``signum`` (SIGTERM) right after ``owner.name`` returns from a call for which
+    ``when(*args, **kwargs)`` holds: a preemption at an exact point of an in-process ``run_tlrun`` (tlrun's
+    own handlers are installed then, in the main thread, where pytest-xdist runs tests too). The real-process
+    versions of the same scenarios (``sigterm_when`` in test_trust) are in the slow tier."""
+    import signal
+
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            os.kill(os.getpid(), signal.Signals(signum))
+        return result
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def history_written(rows: int, run_dir_part: str = ""):
+    """For sigterm_after on Engine.write_history: true once an engine whose run folder contains
+    ``run_dir_part`` has just written its ``rows``-th epoch (once: a resumed engine passes that count only once too)."""
+    return lambda engine, *_, **__: run_dir_part in str(engine.run_dir) and len(engine.history) == rows
+
+
 def run_tlrun_process(args: list[str], cwd: Path, env: dict | None = None,
                       timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m tlrun ARGS`` as a real process: for what only a process shows (the interpreter's own

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from conftest import TINY, assert_one_line_error, history_written, read_metrics, run_dirs, run_tlrun, sigterm_after
 
 RUN = ["model=lenet", "data.image_size=32", "data.max_per_class=60", "train.epochs=5", "seed=3", *TINY]
 
@@ -54,9 +54,25 @@ def reference(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
+def test_sigterm_then_resume_auto_matches_an_uninterrupted_run(tmp_path: Path, reference: Path, monkeypatch):
+    from tlrun.engine import Engine
+
+    with monkeypatch.context() as patch:  # SIGTERM during epoch 3, in this process (tlrun's handlers)
+        sigterm_after(patch, Engine, "write_history", history_written(2))
+        stopped = run_tlrun(RUN, tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    check_stopped_then_resumed_bit_exactly(run_dir, stopped, tmp_path, reference)
+
+
+@pytest.mark.slow  # fast coverage: the in-process SIGTERM above; real processes stay fast in test_trust
 @pytest.mark.process
-def test_sigterm_then_resume_auto_matches_an_uninterrupted_run(tmp_path: Path, reference: Path):
+def test_a_real_sigterm_then_resume_auto_matches_an_uninterrupted_run(tmp_path: Path, reference: Path):
     run_dir, stopped = interrupt_after_two_epochs(RUN, tmp_path)
+    check_stopped_then_resumed_bit_exactly(run_dir, stopped, tmp_path, reference)
+
+
+def check_stopped_then_resumed_bit_exactly(run_dir: Path, stopped: subprocess.CompletedProcess, tmp_path: Path,
+                                           reference: Path) -> None:
     assert stopped.returncode == 75, stopped.stderr
     assert "Traceback" not in stopped.stderr and "train.resume=" in stopped.stderr
     status = read_metrics(run_dir)

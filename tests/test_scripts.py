@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_image_folder, read_metrics
+from conftest import make_image_folder, read_metrics, run_tlrun
 from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,14 +28,50 @@ def run_script(name: str, env: dict, *args: str, cwd: Path, timeout: int = 900) 
                           timeout=timeout)
 
 
+def recording_tlrun(tmp_path: Path) -> tuple[Path, Path]:
+    """An executable that stands in for ``tlrun``: it writes the arguments a script gave it to a JSON file
+    and exits 0, in a few ms (no torch import). The fast script tests check the script's own logic (its env
+    knobs, refusals and the command line it builds) and then run that command line in-process."""
+    argv = tmp_path / "tlrun_argv.json"
+    recorder = tmp_path / "record_tlrun"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(argv)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+    recorder.chmod(0o755)
+    return recorder, argv
+
+
+def recorded(argv: Path) -> list[str]:
+    return json.loads(argv.read_text())
+
+
+FOLDER_KNOBS = {"MODEL": "lenet", "EPOCHS": "1", "DEVICE": "cpu", "FREEZE": "none"}
+FOLDER_EXTRA = ("data.image_size=16", "train.progress=none", "device.threads=1")
+
+
+def test_finetune_folder_script_builds_the_tlrun_command_and_it_runs(tmp_path: Path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=8)
+    recorder, argv = recording_tlrun(tmp_path)
+    missing = run_script("finetune_folder.sh", {"DATA_ROOT": "", "TLRUN": str(recorder)}, cwd=tmp_path)
+    assert missing.returncode == 2 and "set DATA_ROOT" in missing.stderr and not argv.exists()
+    defaults = run_script("finetune_folder.sh", {"DATA_ROOT": str(folder), "TLRUN": str(recorder)}, cwd=tmp_path)
+    assert defaults.returncode == 0, defaults.stderr
+    assert recorded(argv) == ["data=imagefolder", f"data.root={folder}", "model=mobilenet_v2", "freeze=partial",
+                              "train.epochs=10", "train.batch_size=64", "device=auto", "device.amp=off"]
+    knobs = run_script("finetune_folder.sh", {"DATA_ROOT": str(folder), "TLRUN": str(recorder), **FOLDER_KNOBS},
+                       *FOLDER_EXTRA, cwd=tmp_path)
+    assert knobs.returncode == 0, knobs.stderr
+    command = recorded(argv)
+    assert command[2:5] == ["model=lenet", "freeze=none", "train.epochs=1"] and command[-3:] == list(FOLDER_EXTRA)
+    result = run_tlrun([*command, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)  # what the script would run
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_metrics(tmp_path / "run")["model"] == "lenet"
+
+
+@pytest.mark.slow  # fast coverage: test_finetune_folder_script_builds_the_tlrun_command_and_it_runs
 @pytest.mark.process
 def test_finetune_folder_script(tmp_path: Path):
     folder = make_image_folder(tmp_path / "shapes", per_class=8)
-    missing = run_script("finetune_folder.sh", {"DATA_ROOT": ""}, cwd=tmp_path)
-    assert missing.returncode == 2 and "set DATA_ROOT" in missing.stderr
-    result = run_script("finetune_folder.sh", {"DATA_ROOT": str(folder), "MODEL": "lenet", "EPOCHS": "1",
-                                               "DEVICE": "cpu", "FREEZE": "none"},
-                        "data.image_size=16", "train.progress=none", "device.threads=1", cwd=tmp_path)
+    result = run_script("finetune_folder.sh", {"DATA_ROOT": str(folder), **FOLDER_KNOBS}, *FOLDER_EXTRA, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (metrics,) = tmp_path.glob("outputs/*/*/metrics.json")
     assert json.loads(metrics.read_text())["model"] == "lenet"
@@ -92,15 +128,53 @@ def test_bench_meta_script(tmp_path: Path):
     assert {"5way_1shot_acc", "5way_5shot_acc"} <= set(table.columns)
 
 
+SLURM_KNOBS = {"LAUNCHER": "submitit_local", "MODELS": "lenet", "FREEZES": "all", "SEEDS": "0", "EPOCHS": "1",
+               "DEVICE": "cpu"}
+SLURM_EXTRA = ("data.image_size=16", "data.max_per_class=5", "train.progress=none", "device.threads=1")
+
+
+def launcher_target(overrides: list[str]) -> str:
+    """The Hydra launcher class a command line selects, from Hydra's own composition of its config."""
+    from hydra import compose, initialize_config_module
+
+    from tlrun.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="tlrun.conf", version_base=None):
+        config = compose("config", overrides=overrides, return_hydra_config=True)
+    return config.hydra.launcher._target_
+
+
+def test_sweep_slurm_script_builds_the_sweep_and_it_runs(tmp_path: Path):
+    recorder, argv = recording_tlrun(tmp_path)
+    refused = run_script("sweep_slurm.sh", {"LAUNCHER": "slurm_gpu", "PARTITION": "", "TLRUN": str(recorder)},
+                         cwd=tmp_path)
+    assert refused.returncode == 2 and "PARTITION" in refused.stderr and not argv.exists()
+    cluster = run_script("sweep_slurm.sh", {"PARTITION": "gpu", "DATA_ROOT": "/data/x", "TLRUN": str(recorder)},
+                         cwd=tmp_path)
+    assert cluster.returncode == 0, cluster.stderr
+    command = recorded(argv)
+    assert command == ["-m", "hydra/launcher=slurm_gpu", "model=mobilenet_v2,efficientnet_lite0",
+                       "freeze=all,partial", "seed=0,1,2", "train.epochs=10", "device=auto",
+                       "hydra.launcher.partition=gpu", "data=imagefolder", "data.root=/data/x"]
+    assert launcher_target(command[1:2]).endswith("SlurmLauncher")  # submitit's plugin is installed
+    local = run_script("sweep_slurm.sh", {**SLURM_KNOBS, "TLRUN": str(recorder)}, *SLURM_EXTRA, cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    command = recorded(argv)
+    assert command[:2] == ["-m", "hydra/launcher=submitit_local"] and command[-4:] == list(SLURM_EXTRA)
+    assert launcher_target(command[1:2]).endswith("LocalLauncher")
+    # The same sweep in-process with Hydra's basic launcher (the submitit one: the slow test below).
+    result = run_tlrun([word for word in command if not word.startswith("hydra/launcher=")], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
+    assert pd.read_csv(summary)[["model", "freeze", "status"]].values.tolist() == [["lenet", "all", "ok"]]
+
+
+@pytest.mark.slow  # fast coverage: test_sweep_slurm_script_builds_the_sweep_and_it_runs
 @pytest.mark.process
 def test_sweep_slurm_script_with_the_local_submitit_launcher(tmp_path: Path):
-    refused = run_script("sweep_slurm.sh", {"LAUNCHER": "slurm_gpu", "PARTITION": ""}, cwd=tmp_path)
-    assert refused.returncode == 2 and "PARTITION" in refused.stderr
     # One job: the launcher, the script's sweep axes and the summary (sweeps of many jobs: test_sweep.py).
-    env = {"LAUNCHER": "submitit_local", "MODELS": "lenet", "FREEZES": "all", "SEEDS": "0", "EPOCHS": "1",
-           "DEVICE": "cpu"}
-    result = run_script("sweep_slurm.sh", env, "data.image_size=16", "data.max_per_class=5", "train.progress=none",
-                        "device.threads=1", cwd=tmp_path)
+    result = run_script("sweep_slurm.sh", SLURM_KNOBS, *SLURM_EXTRA, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = tmp_path.glob("multirun/*/*/sweep_summary.csv")
     frame = pd.read_csv(summary)
@@ -108,6 +182,11 @@ def test_sweep_slurm_script_with_the_local_submitit_launcher(tmp_path: Path):
     assert list(tmp_path.glob("multirun/*/*/.submitit/*/*_submitted.pkl"))  # it went through submitit
 
 
+def test_joblib_launcher_is_selectable():
+    assert launcher_target(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]).endswith("JoblibLauncher")
+
+
+@pytest.mark.slow  # fast coverage: test_joblib_launcher_is_selectable, sweeps in-process in test_sweep.py
 @pytest.mark.process
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path):
     cmd = [sys.executable, "-m", "tlrun", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=lenet",
@@ -204,13 +283,39 @@ def test_export_fashion_mnist_script(tmp_path: Path):
         assert image.size == (16, 16) and image.mode == "RGB"
 
 
+QUICK = ("model=lenet", "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=1",
+         "train.progress=none", "device=cpu", "device.threads=1")
+
+
+def test_quickstart_script_runs_setup_then_tlrun(tmp_path: Path):
+    # A venv that setup.sh finds complete (its python, the stamp of this checkout's last install), whose
+    # tlrun is the recorder: the script's order (setup, then tlrun with the user's arguments) without the runs.
+    real_venv = Path(sys.executable).parent.parent
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    stamp = real_venv / ".tlrun-setup"
+    if not stamp.is_file():
+        pytest.skip("this venv was not set up by scripts/setup.sh")
+    (venv / ".tlrun-setup").write_text(stamp.read_text())
+    recorder, argv = recording_tlrun(tmp_path)
+    (venv / "bin" / "tlrun").symlink_to(recorder)
+    result = run_script("quickstart.sh", {"VENV": str(venv), "SKIP_APT": "1"}, *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "setup: packages up to date" in result.stdout and "setup: done" in result.stdout
+    assert recorded(argv) == list(QUICK)
+    run = run_tlrun([*recorded(argv), f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert read_metrics(tmp_path / "run")["model"] == "lenet"
+
+
+@pytest.mark.slow  # fast coverage: test_quickstart_script_runs_setup_then_tlrun
 @pytest.mark.process
 def test_quickstart_script_sets_up_and_runs(tmp_path: Path):
     # setup.sh on the venv running this test: everything is installed already, so it only re-checks.
     venv = Path(sys.executable).parent.parent
-    result = run_script("quickstart.sh", {"VENV": str(venv), "SKIP_APT": "1"}, "model=lenet", "data=digits",
-                        "data.image_size=16", "data.max_per_class=5", "train.epochs=1", "train.progress=none",
-                        "device=cpu", "device.threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_script("quickstart.sh", {"VENV": str(venv), "SKIP_APT": "1"}, *QUICK,
+                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "setup: done" in result.stdout
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model"] == "lenet"

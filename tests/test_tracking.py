@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from conftest import TINY, assert_one_line_error, history_written, read_metrics, run_dirs, run_tlrun, sigterm_after
 from test_trust import sigterm_when, start
 
 RUN = ["model=lenet", "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=2", *TINY]
@@ -177,18 +177,15 @@ def in_background(call) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
-@pytest.mark.process
-def test_mlflow_server_sweep_and_interrupted_then_resumed_run(tmp_path: Path, mlflow_server: str):
-    mlflow = client(mlflow_server)
-    server = [f"logger.mlflow.tracking_uri={mlflow_server}"]
-    # A run of 20 epochs in its own process, stopped by SIGTERM after 2 or more (exit 75); it starts first
-    # and a thread interrupts it while the in-process sweep runs, so the two overlap.
+def sweep_and_interrupted_then_resumed_run(tmp_path: Path, uri: str, interrupted) -> None:
+    """A sweep of two jobs, and a run of 20 epochs stopped by SIGTERM after 2 (exit 75) then resumed, both
+    tracked at ``uri``. ``interrupted(args, run)`` starts that run and returns what waits for its end."""
+    mlflow = client(uri)
+    server = [f"logger.mlflow.tracking_uri={uri}"]
     run = tmp_path / "run"
     args = [*RUN, "train.epochs=20", "logger=[tensorboard,mlflow]", *server, "logger.mlflow.experiment_name=resume",
             f"hydra.run.dir={run}"]
-    process = start(args, tmp_path)
-    stopper, stopping = in_background(lambda: sigterm_when(
-        process, lambda: (run / "ft_history.csv").is_file() and len(history(run)) >= 2))
+    stopped_run = interrupted(args, run)
 
     sweep = tmp_path / "sweep"
     result = run_tlrun(["-m", *RUN, "seed=0,1", "logger=mlflow", *server, "logger.mlflow.experiment_name=sweep",
@@ -206,10 +203,7 @@ def test_mlflow_server_sweep_and_interrupted_then_resumed_run(tmp_path: Path, ml
         assert_epochs_logged(mlflow, logged.info.run_id, sweep / job)
         assert {a.path for a in mlflow.list_artifacts(logged.info.run_id)} == UPLOADED  # no model by default
 
-    stopper.join(timeout=300)
-    if "error" in stopping:
-        raise stopping["error"]
-    stopped = stopping["result"]
+    stopped = stopped_run()
     assert stopped.returncode == 75, stopped.stderr
     run_id = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
     assert mlflow.get_run(run_id).info.status == "KILLED"
@@ -226,6 +220,38 @@ def test_mlflow_server_sweep_and_interrupted_then_resumed_run(tmp_path: Path, ml
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2
     for column in history(run)[0]:
         assert [step for step, _ in scalars[column]] == list(range(1, 21)), column
+
+
+def test_mlflow_sweep_and_interrupted_then_resumed_run(tmp_path: Path, monkeypatch):
+    """In-process, on a SQLite store (the tracking protocol is MLflow's; the server: the slow test below)."""
+    from tlrun.engine import Engine
+
+    def interrupted(args: list[str], run: Path):
+        with monkeypatch.context() as patch:
+            sigterm_after(patch, Engine, "write_history", history_written(2))
+            result = run_tlrun(args, tmp_path)
+        return lambda: result
+
+    sweep_and_interrupted_then_resumed_run(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", interrupted)
+
+
+@pytest.mark.slow  # fast coverage: the SQLite-store version above; unreachable servers below
+@pytest.mark.process
+def test_mlflow_server_sweep_and_interrupted_then_resumed_run(tmp_path: Path, mlflow_server: str):
+    def interrupted(args: list[str], run: Path):
+        # Its own process, started first; a thread interrupts it while the in-process sweep runs (they overlap).
+        process = start(args, tmp_path)
+        stopper, stopping = in_background(lambda: sigterm_when(
+            process, lambda: (run / "ft_history.csv").is_file() and len(history(run)) >= 2))
+
+        def stopped() -> subprocess.CompletedProcess:
+            stopper.join(timeout=300)
+            if "error" in stopping:
+                raise stopping["error"]
+            return stopping["result"]
+        return stopped
+
+    sweep_and_interrupted_then_resumed_run(tmp_path, mlflow_server, interrupted)
 
 
 def test_unreachable_server_is_one_line_before_training(tmp_path: Path):

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, make_image_folder, read_metrics, run_dirs, run_tlrun
+from conftest import (TINY, assert_one_line_error, history_written, make_image_folder, read_metrics, run_dirs,
+                      run_tlrun, sigterm_after)
 from tlrun import cache, checkpoint
 from tlrun.artifacts import load_run_model
 from tlrun.cli import check_overrides, quote_path_values
@@ -378,7 +379,7 @@ def history_rows(path_glob, cwd: Path) -> int:
     return len(found[0].read_text().splitlines()) - 1 if found else 0
 
 
-RESUMABLE = ["model=lenet", "data.image_size=32", "train.epochs=4", "seed=5", *TINY]
+RESUMABLE = ["model=lenet", "data.image_size=32", "data.max_per_class=60", "train.epochs=4", "seed=5", *TINY]
 
 
 @pytest.fixture(scope="module")
@@ -389,19 +390,18 @@ def uninterrupted(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
-@pytest.mark.process
-def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, uninterrupted: Path):
-    reference = uninterrupted
+def resubmit_until_finished(tmp_path: Path, reference: Path, preempted_submit) -> None:
+    """A cluster job on a fixed run folder: the same line on every submit (train.resume=D or auto); the first
+    starts the run in D, the next ones resume it, each preempted (``preempted_submit(args, epochs)`` stops it
+    once ``epochs`` epochs are in its history) until the last one finishes, bit for bit the reference."""
     run = tmp_path / "cluster_run"
-    # The same line on every submit (train.resume=D or auto): the first starts the run in D, the next
-    # ones resume it, each preempted again until the last one finishes.
     submits = {resume: [*RESUMABLE, f"hydra.run.dir={run}", f"train.resume={resume}"] for resume in (run, "auto")}
     for resume in (run, "auto"):
         target = max(2, history_rows("cluster_run/ft_history.csv", tmp_path) + 1)  # one more epoch this time
-        stopped = sigterm_when(start(submits[resume], tmp_path),
-                               lambda: history_rows("cluster_run/ft_history.csv", tmp_path) >= target)
+        stopped = preempted_submit(submits[resume], target)
         assert stopped.returncode == 75, stopped.stderr
         assert "continue with: tlrun" in stopped.stderr and read_metrics(run)["status"] == "interrupted"
+        assert history_rows("cluster_run/ft_history.csv", tmp_path) == target
     (run / "checkpoints" / ".last.pt.tmp-999999999").write_bytes(b"torn")  # a writer SIGKILLed mid-write
     resumed = run_tlrun(submits[run], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -411,20 +411,48 @@ def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, uninterrupte
     assert_one_line_error(again, "already finished")
 
 
+def test_fixed_run_dir_resubmit_resumes_bit_exactly(tmp_path: Path, uninterrupted: Path, monkeypatch):
+    from tlrun.engine import Engine
+
+    def preempted_submit(args: list[str], epochs: int) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as patch:
+            sigterm_after(patch, Engine, "write_history", history_written(epochs))
+            return run_tlrun(args, tmp_path)
+
+    resubmit_until_finished(tmp_path, uninterrupted, preempted_submit)
+
+
+@pytest.mark.slow  # fast coverage: the in-process SIGTERM version above
 @pytest.mark.process
-def test_kd_interrupted_in_the_stage_and_in_the_student_resumes_bit_exactly(tmp_path: Path):
-    kd = ["distill=kd", "model=lenet", "distill.teacher_model=lenet", "distill.teacher_epochs=3", "train.epochs=3",
-          "data.image_size=32", "data.max_per_class=60", *TINY]
+def test_fixed_run_dir_resubmit_of_real_processes_resumes_bit_exactly(tmp_path: Path, uninterrupted: Path):
+    def preempted_submit(args: list[str], epochs: int) -> subprocess.CompletedProcess:
+        return sigterm_when(start(args, tmp_path), lambda: history_rows("cluster_run/ft_history.csv", tmp_path) >= epochs)
+
+    resubmit_until_finished(tmp_path, uninterrupted, preempted_submit)
+
+
+KD_RESUMABLE = ["distill=kd", "model=lenet", "distill.teacher_model=lenet", "distill.teacher_epochs=3",
+                "train.epochs=3", *TINY]
+# A real process is signalled by polling its history: its epochs must outlast the poll (and the start-up).
+PROCESS_SIZE = ["data.image_size=32", "data.max_per_class=60"]
+IN_PROCESS_SIZE = ["data.image_size=16", "data.max_per_class=20"]
+
+
+def kd_interrupted_twice_then_finished(tmp_path: Path, preempted, size: list[str]) -> None:
+    """KD stopped in its teacher stage, then in the student; the third submit finishes bit for bit as an
+    uninterrupted run, teacher stage included. ``preempted(args, stage)`` stops a submit once the teacher
+    stage ("teacher") or the student ("student") has one epoch in its history."""
     reference = tmp_path / "reference"
-    ref = run_tlrun([*kd, f"data.cache_dir={tmp_path / 'ref_cache'}", f"hydra.run.dir={reference}"], tmp_path)
+    ref = run_tlrun([*KD_RESUMABLE, *size, f"data.cache_dir={tmp_path / 'ref_cache'}",
+                     f"hydra.run.dir={reference}"], tmp_path)
     assert ref.returncode == 0, ref.stderr
-    run, cache_arg = tmp_path / "kd", f"data.cache_dir={tmp_path / 'cache'}"
-    args = [*kd, cache_arg, f"hydra.run.dir={run}", f"train.resume={run}"]
-    in_stage = sigterm_when(start(args, tmp_path),
-                            lambda: history_rows("cache/teachers/lenet-*/ft_history.csv", tmp_path) >= 1)
+    run = tmp_path / "kd"
+    args = [*KD_RESUMABLE, *size, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
+            f"train.resume={run}"]
+    in_stage = preempted(args, "teacher")
     assert in_stage.returncode == 75, in_stage.stderr
     assert "no epoch of this run was saved yet" in in_stage.stderr
-    in_student = sigterm_when(start(args, tmp_path), lambda: history_rows("kd/ft_history.csv", tmp_path) >= 1)
+    in_student = preempted(args, "student")
     assert in_student.returncode == 75, in_student.stderr
     assert "Teacher stage: resuming" in in_student.stdout + in_student.stderr
     done = run_tlrun(args, tmp_path)
@@ -434,6 +462,28 @@ def test_kd_interrupted_in_the_stage_and_in_the_student_resumes_bit_exactly(tmp_
     (stage,) = (tmp_path / "cache" / "teachers").glob("lenet-*/")
     (ref_stage,) = (tmp_path / "ref_cache" / "teachers").glob("lenet-*/")
     assert same_weights(stage, ref_stage)
+
+
+def test_kd_interrupted_in_the_stage_and_in_the_student_resumes_bit_exactly(tmp_path: Path, monkeypatch):
+    from tlrun.engine import Engine
+
+    def preempted(args: list[str], stage: str) -> subprocess.CompletedProcess:
+        where = "teachers" if stage == "teacher" else str(tmp_path / "kd")
+        with monkeypatch.context() as patch:
+            sigterm_after(patch, Engine, "write_history", history_written(1, where))
+            return run_tlrun(args, tmp_path)
+
+    kd_interrupted_twice_then_finished(tmp_path, preempted, IN_PROCESS_SIZE)
+
+
+@pytest.mark.slow  # fast coverage: the in-process SIGTERM version above
+@pytest.mark.process
+def test_kd_processes_interrupted_in_the_stage_and_in_the_student_resume_bit_exactly(tmp_path: Path):
+    def preempted(args: list[str], stage: str) -> subprocess.CompletedProcess:
+        history = "cache/teachers/lenet-*/ft_history.csv" if stage == "teacher" else "kd/ft_history.csv"
+        return sigterm_when(start(args, tmp_path), lambda: history_rows(history, tmp_path) >= 1)
+
+    kd_interrupted_twice_then_finished(tmp_path, preempted, PROCESS_SIZE)
 
 
 def fault_wrapper(tmp_path: Path, patch: str) -> Path:
@@ -449,6 +499,32 @@ def run_wrapper(script: Path, args: list[str], cwd: Path) -> subprocess.Complete
                           timeout=300)
 
 
+@pytest.mark.parametrize("where, module, function", [("data loading", "tlrun.pipelines.finetune", "load_run_data"),
+                                                     ("plots after the last epoch", "tlrun.pipelines.common", "plot_curves")])
+def test_sigterm_outside_training_is_exit_75_and_resumable(tmp_path: Path, monkeypatch, where: str, module: str,
+                                                           function: str):
+    import importlib
+
+    run = tmp_path / "run"
+    args = [*LENET, "train.epochs=2", f"hydra.run.dir={run}"]
+    with monkeypatch.context() as patch:
+        sigterm_after(patch, importlib.import_module(module), function)
+        stopped = run_tlrun(args, tmp_path)
+    check_interrupted_then_resumed(run, stopped, args, tmp_path)
+
+
+def check_interrupted_then_resumed(run: Path, stopped: subprocess.CompletedProcess, args: list[str],
+                                   tmp_path: Path) -> None:
+    assert stopped.returncode == 75, stopped.stderr
+    assert "Traceback" not in stopped.stderr and read_metrics(run)["status"] == "interrupted"
+    resumed = run_tlrun([*args, f"train.resume={run}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "status" not in read_metrics(run) and (run / "ft_model.pt").is_file()  # a finished run's metrics
+    assert len(read_metrics(run)) > 10 and list(np.loadtxt(run / "ft_history.csv", delimiter=",", skiprows=1,
+                                                          usecols=0, ndmin=1)) == [1, 2]
+
+
+@pytest.mark.slow  # fast coverage: the in-process version above
 @pytest.mark.process
 @pytest.mark.parametrize("where, patch", [
     ("data loading", "import tlrun.data.splits as p\n_load = p.load_run_data\n"
@@ -458,17 +534,10 @@ def run_wrapper(script: Path, args: list[str], cwd: Path) -> subprocess.Complete
                                    "def plot(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return _plot(*a, **k)\n"
                                    "c.plot_curves = plot\n"),
 ])
-def test_sigterm_outside_training_is_exit_75_and_resumable(tmp_path: Path, where: str, patch: str):
+def test_sigterm_outside_training_of_a_process_is_exit_75_and_resumable(tmp_path: Path, where: str, patch: str):
     run = tmp_path / "run"
     args = [*LENET, "train.epochs=2", f"hydra.run.dir={run}"]
-    stopped = run_wrapper(fault_wrapper(tmp_path, patch), args, tmp_path)
-    assert stopped.returncode == 75, stopped.stderr
-    assert "Traceback" not in stopped.stderr and read_metrics(run)["status"] == "interrupted"
-    resumed = run_tlrun([*args, f"train.resume={run}"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "status" not in read_metrics(run) and (run / "ft_model.pt").is_file()  # a finished run's metrics
-    assert len(read_metrics(run)) > 10 and list(np.loadtxt(run / "ft_history.csv", delimiter=",", skiprows=1,
-                                                          usecols=0, ndmin=1)) == [1, 2]
+    check_interrupted_then_resumed(run, run_wrapper(fault_wrapper(tmp_path, patch), args, tmp_path), args, tmp_path)
 
 
 def test_sweep_survives_a_job_that_crashes(tmp_path: Path, monkeypatch):
@@ -536,15 +605,15 @@ def test_paths_with_tilde_and_spaces_are_taken_as_typed(tmp_path: Path, monkeypa
 
 # --- 7. what an adversarial pass found after the first fixes --------------------------------------
 
-@pytest.mark.process
-def test_resume_of_a_folder_with_spaces_and_a_shell_safe_resume_command(tmp_path: Path):
+def test_resume_of_a_folder_with_spaces_and_a_shell_safe_resume_command(tmp_path: Path, monkeypatch):
     import shlex
 
+    import tlrun.pipelines.common as common
+
     run = tmp_path / "a b (1)"
-    patch = ("import tlrun.pipelines.common as c\n_plot = c.plot_curves\n"
-             "def plot(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return _plot(*a, **k)\n"
-             "c.plot_curves = plot\n")
-    stopped = run_wrapper(fault_wrapper(tmp_path, patch), [*LENET, f"hydra.run.dir={run}"], tmp_path)
+    with monkeypatch.context() as patch:
+        sigterm_after(patch, common, "plot_curves")
+        stopped = run_tlrun([*LENET, f"hydra.run.dir={run}"], tmp_path)
     assert stopped.returncode == 75, stopped.stderr
     command = shlex.split(read_metrics(run)["resume_with"])  # what the user pastes into a shell
     assert command[0] == "tlrun" and command[-1] == f"train.resume={run}"
