@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 # Tiny, fast settings for end-to-end runs on 2 CPU cores.
-TINY = ["train.progress=none", "device=cpu", "device.threads=1"]
+TINY = ["train.progress=none", "train.plots=false", "device=cpu", "device.threads=1"]
+# The plots themselves: tests that check them add PLOTS after TINY (the later override wins).
+PLOTS = ["train.plots=true"]
 _DEBUG_VARIABLES = ("HYDRA_FULL_ERROR", "TLRUN_DEBUG")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
+from conftest import PLOTS, TINY, assert_one_line_error, read_metrics, run_dirs, run_tlrun
 from tlrun.errors import ConfigError
 from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.methods.domain_gap import proxy_a_distance
@@ -59,7 +59,8 @@ NO_WARMUP = ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]  # 
 @needs_cvdigits
 @pytest.mark.parametrize("method, loss_column", [("dann", "domain_loss"), ("mmd", "mmd_loss"), ("none", None)])
 def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: str, loss_column: str):
-    result = run_tlrun([f"adaptation={method}", *DA_TINY, *(NO_WARMUP if loss_column else [])], tmp_path)
+    plots = PLOTS if method == "dann" else []  # the others: train.plots=false leaves every plot out
+    result = run_tlrun([f"adaptation={method}", *DA_TINY, *(NO_WARMUP if loss_column else []), *plots], tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
     history = pd.read_csv(run_dir / "ft_history.csv")
@@ -82,7 +83,9 @@ def test_adaptation_run_writes_target_columns_and_gap(tmp_path: Path, method: st
         assert metrics["discriminator_active_last"] == pytest.approx(history["discriminator_active"].iloc[-1])
     else:
         assert "discriminator_active_last" not in metrics
-    assert (run_dir / "features.png").is_file()
+    drawn = {p.name for p in run_dir.glob("*.png")}
+    assert drawn == ({"features.png", "curves.png", "confusion_matrix.png"} if plots else set())
+    assert (run_dir / "classification_report.txt").is_file()  # not a plot: written either way
 
 
 @needs_cvdigits

@@ -52,6 +52,70 @@ def test_da_summary_gap_closure_is_measured_against_source_only_and_oracle():
     assert table.loc["source_only", "gap_closure"] == "" and table.loc["oracle", "mmd before→after"] == ""
 
 
+def test_da_cells_of_the_new_methods_and_the_lambda_sweep_compose(tmp_path: Path):
+    """Each benchmark cell's tlrun command composes into the method it names (the configs, not just strings)."""
+    from tlrun.cli import compose_config
+
+    bench_da = load(BENCHMARKS / "da" / "bench_da.py")
+    expected = {"cdan": ("cdan", {"entropy": False}), "cdan_e": ("cdan", {"entropy": True}),
+                "mcc": ("mcc", {}), "dann_mcc": ("dann", {"mcc_weight": 1.0}),
+                "dann_w0.3": ("dann", {"weight": 0.3, "discriminator_width": 100}),
+                "source_only": ("none", {})}
+    for method, (name, keys) in expected.items():
+        command = bench_da.command("cvdigits", "cvdigits_m", method, 0, 2, tmp_path / method, [])
+        overrides = command[command.index("tlrun") + 1:]
+        cfg = compose_config([o for o in overrides if not o.startswith("hydra.")])
+        assert cfg.adaptation.method == name and cfg.data.target == "cvdigits_m", method
+        assert {key: cfg.adaptation[key] for key in keys} == keys, method
+        if name != "none":  # the committed tables align from the first step
+            assert cfg.adaptation.warmup_epochs == 0 and cfg.adaptation.warmup_source_acc == 0
+
+
+def test_da_validator_table_scores_picks_and_rank_correlation(tmp_path: Path):
+    """validator_table reads each run's picks and history: pick accuracy, its difference to source-val
+    selection, and Spearman's ρ (pooled and within runs), with min-mode validators turned so higher = better."""
+    import json
+
+    bench_da = load(BENCHMARKS / "da" / "bench_da.py")
+    target = {"a": [0.2, 0.5, 0.4], "b": [0.3, 0.6, 0.7]}
+    # entropy falls as target accuracy rises (a perfect min-mode validator); val_acc peaks early in run b.
+    histories = {"a": {"val_acc": [0.5, 0.9, 0.8], "target_entropy": [2.0, 1.0, 1.5]},
+                 "b": {"val_acc": [0.5, 0.9, 0.8], "target_entropy": [2.0, 1.0, 0.5]}}
+    jobs = []
+    for run, columns in histories.items():
+        run_dir = tmp_path / run
+        run_dir.mkdir()
+        pd.DataFrame({"epoch": [1, 2, 3], "target_acc": target[run], **columns}).to_csv(run_dir / "ft_history.csv")
+        picks = {"source_val": 2, "entropy": 2 if run == "a" else 3, "last": 3}
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "validator_picks": {
+            name: {"epoch": epoch, "target_acc": target[run][epoch - 1]} for name, epoch in picks.items()}}))
+        jobs.append({"method": "dann", "run_dir": run_dir})
+    jobs.append({"method": "oracle", "run_dir": tmp_path / "missing"})  # left out
+    table = bench_da.validator_table(jobs).set_index("select_by")
+    assert table.loc["source_val", "target_acc of picks"] == "55.00"  # (0.5 + 0.6) / 2
+    assert table.loc["entropy", "target_acc of picks"] == "60.00" and table.loc["entropy", "vs source_val"] == "+5.00"
+    assert table.loc["target oracle", "target_acc of picks"] == "60.00"  # max per run: 0.5, 0.7
+    assert table.loc["entropy", "spearman (within runs)"] == "1.000"  # ranks equal in both runs
+    assert float(table.loc["entropy", "spearman (all epochs)"]) > 0.8
+    assert table.loc["last", "runs"] == 2 and table.loc["last", "spearman (all epochs)"] == ""
+
+
+def test_kd_student_recipes_share_the_teacher_and_differ_only_in_the_method():
+    bench_kd = load(BENCHMARKS / "kd" / "bench_kd.py")
+    args = bench_kd.argparse.Namespace(temperature=4.0, alpha=0.9, teacher_logits="auto", kd_extra="train.epochs=3",
+                                       dkd_extra="distill.beta=2", fitnet_extra="distill.hint_epochs=1",
+                                       student_layer="conv2", teacher_layer="features.13")
+    recipes = bench_kd.student_recipes(args)
+    assert recipes["student_alone"] == ["distill=none"]
+    for method in ("kd", "dkd", "fitnet"):
+        assert recipes[method][0] == f"distill={method}"
+        assert {"distill.teacher={teacher}", "distill.temperature=4", "distill.teacher_logits=auto"} <= set(recipes[method])
+    assert "distill.alpha=0.9" in recipes["kd"] and not any(a.startswith("distill.alpha") for a in recipes["dkd"])
+    assert recipes["dkd"][-1] == "distill.beta=2" and "train.epochs=3" not in recipes["dkd"]
+    assert {"distill.student_layer=conv2", "distill.teacher_layer=features.13", "train.epochs=3",
+            "distill.hint_epochs=1"} <= set(recipes["fitnet"])
+
+
 def test_kd_sweep_cost_counts_teacher_work_in_the_job_logs(tmp_path: Path):
     bench_kd = load(BENCHMARKS / "kd" / "bench_kd.py")
     for job, lines in {"0": ["Teacher stage: fine-tuning lenet into x", "Teacher logits (train): computing 10"],

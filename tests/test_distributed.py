@@ -18,7 +18,7 @@ from tlrun.data.loaders import make_loader
 from tlrun.data.sources import OPENCV_DIGITS
 from tlrun.errors import DataError
 
-RUN = ["model=lenet", "data.image_size=32", "train.epochs=3", "train.progress=none", "device=cpu"]
+RUN = ["model=lenet", "data.image_size=16", "train.epochs=3", "train.progress=none", "train.plots=false", "device=cpu"]
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, history_written, read_metrics, run_dirs, run_tlrun, sigterm_after
+from conftest import PLOTS, TINY, assert_one_line_error, history_written, read_metrics, run_dirs, run_tlrun, sigterm_after
 from test_trust import sigterm_when, start
 
-RUN = ["model=lenet", "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=2", *TINY]
+RUN = ["model=lenet", "data=digits", "data.image_size=16", "data.max_per_class=5", "train.epochs=2", *TINY, *PLOTS]  # the plots are uploaded
 UPLOADED = {"ft_history.csv", "metrics.json", "classification_report.txt", "curves.png", "confusion_matrix.png"}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (TINY, assert_one_line_error, history_written, make_image_folder, read_metrics, run_dirs,
+from conftest import (PLOTS, TINY, assert_one_line_error, history_written, make_image_folder, read_metrics, run_dirs,
                       run_tlrun, sigterm_after)
 from tlrun import cache, checkpoint
 from tlrun.artifacts import load_run_model
@@ -506,7 +506,7 @@ def test_sigterm_outside_training_is_exit_75_and_resumable(tmp_path: Path, monke
     import importlib
 
     run = tmp_path / "run"
-    args = [*LENET, "train.epochs=2", f"hydra.run.dir={run}"]
+    args = [*LENET, "train.epochs=2", *PLOTS, f"hydra.run.dir={run}"]
     with monkeypatch.context() as patch:
         sigterm_after(patch, importlib.import_module(module), function)
         stopped = run_tlrun(args, tmp_path)
@@ -536,7 +536,7 @@ def check_interrupted_then_resumed(run: Path, stopped: subprocess.CompletedProce
 ])
 def test_sigterm_outside_training_of_a_process_is_exit_75_and_resumable(tmp_path: Path, where: str, patch: str):
     run = tmp_path / "run"
-    args = [*LENET, "train.epochs=2", f"hydra.run.dir={run}"]
+    args = [*LENET, "train.epochs=2", *PLOTS, f"hydra.run.dir={run}"]
     check_interrupted_then_resumed(run, run_wrapper(fault_wrapper(tmp_path, patch), args, tmp_path), args, tmp_path)
 
 
@@ -613,7 +613,7 @@ def test_resume_of_a_folder_with_spaces_and_a_shell_safe_resume_command(tmp_path
     run = tmp_path / "a b (1)"
     with monkeypatch.context() as patch:
         sigterm_after(patch, common, "plot_curves")
-        stopped = run_tlrun([*LENET, f"hydra.run.dir={run}"], tmp_path)
+        stopped = run_tlrun([*LENET, *PLOTS, f"hydra.run.dir={run}"], tmp_path)
     assert stopped.returncode == 75, stopped.stderr
     command = shlex.split(read_metrics(run)["resume_with"])  # what the user pastes into a shell
     assert command[0] == "tlrun" and command[-1] == f"train.resume={run}"

@@ -23,7 +23,8 @@ from tlrun.paths import check_can_create
 # Files that make a folder a run's results: never overwritten.
 RESULT_FILES = ("metrics.json", "ft_history.csv", "ft_model.pt")
 # Overrides that may differ between a run and its resume: they change how it runs, not what it computes.
-RESUME_FREE_KEYS = ("train.resume", "train.progress", "device.threads", "device.num_workers", "device.pin_memory")
+RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.plots", "device.threads", "device.num_workers",
+                    "device.pin_memory")
 NEW_DIR_RESOLVER = "tlrun_new_dir"
 
 

@@ -1,13 +1,19 @@
 #!/usr/bin/env python
-"""Domain-adaptation benchmark: source-only, DANN, MMD, Deep CORAL and the target oracle over seeds.
+"""Domain-adaptation benchmark: source-only, the DA methods and the target oracle over seeds.
 
     python benchmarks/da/bench_da.py [--pairs cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits]
+                                      [--methods source_only,dann,mmd,coral,oracle] [--dann-weights 0.1,0.3,3]
                                       [--seeds 0,1,2] [--epochs 12] [--jobs 2] [--optimizer adam|sgd] [--out DIR]
                                       [--extra "k=v ..."]
 
-Every cell is a normal `tlrun` run (folders under --out); rerunning with the same --out reuses finished cells. Prints a markdown table of target accuracy
-(mean ± std over seeds, model chosen by *source* validation accuracy) and the gap closure
-(method − source_only) / (oracle − source_only); writes bench_da.csv (one row per run). Default --out:
+Every cell is a normal `tlrun` run (folders under --out); rerunning with the same --out reuses finished
+cells. Prints a markdown table of target accuracy (mean ± std over seeds, model chosen by *source*
+validation accuracy) and the gap closure (method − source_only) / (oracle − source_only), then the
+label-free validators' table: for each ``adaptation.select_by`` criterion, the mean target accuracy of the
+epochs it picks (metrics.json ``validator_picks``) and its Spearman rank correlation with target accuracy
+over every epoch of every adapted run (ft_history.csv). Writes bench_da.csv (one row per run) and
+validators.csv. ``--dann-weights`` adds DANN cells with ``adaptation.weight`` (λ max) at each value
+(``dann_w<value>``): the invariance / accuracy trade-off, with the A-distance per value. Default --out:
 benchmarks/da/results/ beside this script (the committed CSV).
 """
 
@@ -27,7 +33,14 @@ from tlrun.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
 
-METHODS = ("source_only", "dann", "mmd", "coral", "oracle")
+METHODS = ("source_only", "dann", "mmd", "coral", "cdan", "cdan_e", "mcc", "dann_mcc", "oracle")
+DEFAULT_METHODS = ("source_only", "dann", "mmd", "coral", "oracle")
+# adaptation=... and the overrides of each method cell beyond its YAML's defaults.
+METHOD_OVERRIDES = {
+    "cdan_e": ["adaptation.entropy=true"],  # CDAN+E: entropy-conditioned discriminator loss
+    "dann_mcc": ["adaptation.mcc_weight=1"],  # DANN with MCC as a regulariser on the target batch
+    "dann_lambda0": ["adaptation.weight=0"],
+}
 # Ablation (not run by default, --methods ...,dann_lambda0): DANN with lambda = 0, i.e. source-only training whose
 # BatchNorm layers see the concatenated source + target batches, without any adversarial gradient.
 ABLATIONS = ("dann_lambda0",)
@@ -55,12 +68,13 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
         data = [f"data={target}"]
     else:
         data = [f"data={source}", f"data.target={target}",
-                f"adaptation={'none' if method == 'source_only' else method.split('_')[0]}"]
+                f"adaptation={'none' if method == 'source_only' else method.split('_')[0]}",
+                *METHOD_OVERRIDES.get(method, [])]
         if method.startswith("dann"):  # the DANN defaults for digits: domain classifier on the conv features
             data.insert(0, "experiment=dann_digits")
             data += DANN_DISCRIMINATOR
-        if method == "dann_lambda0":
-            data.append("adaptation.weight=0")
+        if method.startswith("dann_w"):  # the lambda-max sweep: dann_w0.3 -> adaptation.weight=0.3
+            data.append(f"adaptation.weight={method[len('dann_w'):]}")
         if method != "source_only":  # the committed table aligns from the first step (before the warm-up default)
             data += ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
@@ -110,11 +124,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         by_method = group.set_index("method")
         base = by_method["mean"].get("source_only")
         oracle = by_method["mean"].get("oracle")
-        for method in METHODS + ABLATIONS:
+        sweep = sorted((m for m in by_method.index if m.startswith("dann_w")), key=lambda m: float(m[len("dann_w"):]))
+        for method in (*METHODS, *ABLATIONS, *sweep):
             if method not in by_method.index:
                 continue
             mean, std, count = by_method.loc[method, ["mean", "std", "count"]]
-            comparable = method in ("dann", "mmd", "coral", *ABLATIONS) and base is not None and oracle is not None and oracle != base
+            comparable = method not in ("source_only", "oracle") and base is not None and oracle is not None \
+                and oracle != base
             closure = (mean - base) / (oracle - base) if comparable else float("nan")
             gaps = ok[(ok["pair"] == pair) & (ok["method"] == method)]
             rows.append({"pair": pair, "method": method, "target_acc": f"{100 * mean:.2f} ± {100 * std:.2f}",
@@ -130,11 +146,54 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks; no SciPy needed)."""
+    return float(a.rank().corr(b.rank()))
+
+
+def validator_table(jobs: list[dict]) -> pd.DataFrame:
+    """Per label-free validator: the mean target accuracy of the epochs it picks over the finished
+    non-oracle runs, the same for the target-label oracle pick (the ceiling) and the last epoch, and its
+    Spearman correlation with target accuracy over all (run, epoch) rows pooled and within runs (mean)."""
+    from tlrun.methods.validators import SELECTION
+
+    histories, picks = [], []
+    for job in jobs:
+        metrics = finished_metrics(job["run_dir"])
+        if job["method"] == "oracle" or metrics is None or "validator_picks" not in metrics:
+            continue
+        history = pd.read_csv(job["run_dir"] / "ft_history.csv")
+        histories.append(history.assign(run=str(job["run_dir"])))
+        picks.append({name: pick["target_acc"] for name, pick in metrics["validator_picks"].items()}
+                     | {"target oracle": float(history["target_acc"].max())})
+    if not histories:
+        return pd.DataFrame()
+    epochs, picked = pd.concat(histories, ignore_index=True), pd.DataFrame(picks)
+    rows = []
+    for name in [*SELECTION, "target oracle"]:
+        if name not in picked:
+            continue
+        row = {"select_by": name, "runs": int(picked[name].notna().sum()),
+               "target_acc of picks": f"{100 * picked[name].mean():.2f}",
+               "vs source_val": f"{100 * (picked[name] - picked['source_val']).mean():+.2f}"}
+        column, mode = SELECTION.get(name, (None, None))
+        if column and column != "epoch" and column in epochs:
+            score = epochs[column] if mode == "max" else -epochs[column]  # higher = better for every validator
+            row["spearman (all epochs)"] = f"{spearman(score, epochs['target_acc']):.3f}"
+            within = [spearman(score[group.index], group["target_acc"]) for _, group in epochs.groupby("run")]
+            row["spearman (within runs)"] = f"{pd.Series(within).mean():.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="cvdigits:cvdigits_m,digits:cvdigits,cvdigits:digits")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {','.join(METHODS + ABLATIONS)}")
+    parser.add_argument("--dann-weights", default="",
+                        help="DANN cells at these adaptation.weight (lambda max) values, e.g. 0.1,0.3,3")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each uses one CPU thread)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -143,11 +202,12 @@ def main() -> int:
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")
     args = parser.parse_args()
 
+    methods = args.methods.split(",") + [f"dann_w{weight}" for weight in filter(None, args.dann_weights.split(","))]
     jobs = []
     for pair in args.pairs.split(","):
         source, target = pair.split(":")
         for seed in map(int, args.seeds.split(",")):
-            for method in args.methods.split(","):
+            for method in methods:
                 run_dir = args.out / f"{source}-{target}" / f"{method}-s{seed}"
                 jobs.append({"pair": f"{source}→{target}", "method": method, "seed": seed, "run_dir": run_dir,
                              "command": command(source, target, method, seed, args.epochs, run_dir, args.extra.split(),
@@ -162,6 +222,10 @@ def main() -> int:
     for _, row in failed.iterrows():
         print(f"FAILED {row['pair']} {row['method']} seed {row['seed']}: {row['status']}", file=sys.stderr)
     print(markdown_table(summarize(runs)))
+    picks = validator_table(jobs)
+    if not picks.empty:
+        picks.to_csv(args.out / "validators.csv", index=False)
+        print(markdown_table(picks))
     return 0 if failed.empty else 1
 
 

@@ -8,8 +8,10 @@
    --teacher-per-seed one teacher per seed, trained on that seed's own training split (the seed also
    draws the images with data.max_per_class: a seed-0 teacher has seen labelled images that another
    seed's student never gets).
-2. Student alone (distill=none) and KD from that teacher (distill.teacher=<its folder>, --temperature,
-   --alpha, distill.teacher_logits=--teacher-logits) for each seed: test accuracy mean ± std.
+2. The --students recipes for each seed: student alone (distill=none), KD from that teacher
+   (distill.teacher=<its folder>, --temperature, --alpha, distill.teacher_logits=--teacher-logits), DKD
+   (same teacher and T, the paper's α=1, β=8) and FitNet (hints --student-layer ← --teacher-layer, then
+   the KD student's recipe): test accuracy mean ± std and each method's gain per seed.
 3. `tlrun -m distill=kd distill.temperature=1,3,5,10 distill.alpha=0.3,0.5,0.7,0.9` in one process with a
    fresh cache and distill.teacher_logits=--sweep-teacher-logits (default cached: the teacher's train
    logits computed once): how often the teacher is trained and its train-set logits computed (read
@@ -79,15 +81,16 @@ def train_teacher(out: Path, common: list[str], size: int, epochs: int, model: s
 
 
 def compare_seeds(out: Path, common: list[str], seeds: list[int], teachers: dict[int, Path],
-                  kd: list[str]) -> pd.DataFrame:
+                  students: dict[str, list[str]]) -> pd.DataFrame:
+    """Each student recipe (method -> its distill overrides; "{teacher}" stands for the seed's teacher
+    folder) trained for each seed; one row per run."""
     rows = []
     for seed in seeds:
-        for method, extra in (("student_alone", ["distill=none"]),
-                              ("kd", ["distill=kd", *kd, f"distill.teacher={teachers[seed]}"])):
+        for method, extra in students.items():
             run_dir = out / "runs" / f"{method}-seed{seed}"
             if not finished(run_dir):
-                tlrun([*common, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
-                       f"data.cache_dir={out / 'cache'}"], out)
+                tlrun([*common, *(arg.replace("{teacher}", str(teachers[seed])) for arg in extra), f"seed={seed}",
+                       f"hydra.run.dir={run_dir}", f"data.cache_dir={out / 'cache'}"], out)
             m = metrics(run_dir)
             rows.append({"method": method, "seed": seed, "test_acc": m["test_acc"],
                          "teacher_test_acc": m.get("teacher_test_acc"), "params": m["params_total"],
@@ -134,6 +137,23 @@ def sweep_cost(out: Path, common: list[str], logits_mode: str = "cached") -> dic
     }
 
 
+def student_recipes(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Each student method's tlrun overrides ("{teacher}": the seed's teacher folder)."""
+    teacher_args = ["distill.teacher={teacher}", f"distill.temperature={args.temperature:g}",
+                    f"distill.teacher_logits={args.teacher_logits}", "distill.latency=true"]
+    return {
+        "student_alone": ["distill=none"],
+        "kd": ["distill=kd", *teacher_args, f"distill.alpha={args.alpha:g}", *shlex.split(args.kd_extra)],
+        # DKD's own α, β (the paper's defaults, distill/dkd.yaml) replace KD's α; it needs hard labels
+        # (no transfer images).
+        "dkd": ["distill=dkd", *teacher_args, *shlex.split(args.dkd_extra)],
+        # FitNet: distill.hint_epochs of hints, then KD exactly as the kd student (same α, same extras).
+        "fitnet": ["distill=fitnet", *teacher_args, f"distill.alpha={args.alpha:g}",
+                   f"distill.student_layer={args.student_layer}", f"distill.teacher_layer={args.teacher_layer}",
+                   *shlex.split(args.kd_extra), *shlex.split(args.fitnet_extra)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--data", default="digits")
@@ -157,6 +177,13 @@ def main() -> None:
     parser.add_argument("--kd-extra", default="",
                         help="tlrun overrides for the KD students only (e.g. 'distill.transfer_images=5000 "
                              "train.epochs=30': unlabelled transfer images, epochs counted over them)")
+    parser.add_argument("--students", default="student_alone,kd",
+                        help="student recipes, of student_alone,kd,dkd,fitnet (all with the same data and epochs)")
+    parser.add_argument("--dkd-extra", default="", help="tlrun overrides for the DKD students only")
+    parser.add_argument("--fitnet-extra", default="", help="tlrun overrides for the FitNet students only")
+    parser.add_argument("--student-layer", default="conv2", help="FitNet: the student's guided layer")
+    parser.add_argument("--teacher-layer", default="features.13",
+                        help="FitNet: the teacher's hint layer (mobilenet_v2: features.13, stride 16, 96 channels)")
     parser.add_argument("--sweep-epochs", type=int, default=5, help="student epochs of each sweep job")
     parser.add_argument("--sweep-teacher-logits", default="cached", choices=("auto", "cached", "online"),
                         help="distill.teacher_logits of the sweep (cached: one teacher pass for all 16 jobs)")
@@ -178,29 +205,40 @@ def main() -> None:
         teachers = {seed: teacher for seed in seeds}
     print(f"2. student alone vs KD, seeds {seeds}", flush=True)
     # distill.latency=true: the table's batch-1 CPU latency of teacher and student (measured after training).
-    kd_args = [f"distill.temperature={args.temperature:g}", f"distill.alpha={args.alpha:g}",
-               f"distill.teacher_logits={args.teacher_logits}", "distill.latency=true", *shlex.split(args.kd_extra)]
-    runs = compare_seeds(out, common, seeds, teachers, kd_args)
+    recipes = student_recipes(args)
+    unknown = set(args.students.split(",")) - set(recipes)
+    if unknown:
+        sys.exit(f"bench_kd: unknown --students {','.join(sorted(unknown))}; choose from {','.join(recipes)}")
+    runs = compare_seeds(out, common, seeds, teachers, {m: recipes[m] for m in args.students.split(",")})
     runs.to_csv(out / "bench_kd.csv", index=False)
-    alone, kd = (runs[runs.method == m] for m in ("student_alone", "kd"))
-    table = pd.DataFrame([
-        {"model": f"teacher {args.teacher_model} (fine-tuned, {args.teacher_size} px)", "test acc %": mean_std(kd["teacher_test_acc"].tolist()),
-         "params": int(kd["params_teacher"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_teacher"].median()},
-        {"model": "student lenet alone", "test acc %": mean_std(alone["test_acc"].tolist()),
-         "best val acc %": mean_std(alone["best_val_acc"].tolist()),
-         "params": int(alone["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
-        {"model": f"student lenet + KD (T={args.temperature:g}, α={args.alpha:g}, {kd['teacher_logits'].iloc[0]} "
-                  f"teacher logits{', ' + args.kd_extra if args.kd_extra else ''})",
-         "test acc %": mean_std(kd["test_acc"].tolist()),
-         "best val acc %": mean_std(kd["best_val_acc"].tolist()),
-         "params": int(kd["params"].iloc[0]), "latency ms (batch 1, CPU)": kd["latency_ms_student"].median()},
-    ])
-    print(markdown_table(table, floatfmt=".2f"))
-    gain = 100 * (kd["test_acc"].mean() - alone["test_acc"].mean())
-    per_seed = ", ".join(f"seed {seed}: {100 * (k - a):+.1f}" for seed, a, k in
-                         zip(seeds, alone["test_acc"].tolist(), kd["test_acc"].tolist()))
-    print(f"\nKD gain over the student alone: {gain:+.2f} points (mean of {len(seeds)} seeds; {per_seed})\n",
-          flush=True)
+    distilled = runs[runs.method != "student_alone"]
+    labels = {"student_alone": "student lenet alone",
+              "kd": f"student lenet + KD (T={args.temperature:g}, α={args.alpha:g}{', ' + args.kd_extra if args.kd_extra else ''})",
+              "dkd": f"student lenet + DKD (T={args.temperature:g}{', ' + args.dkd_extra if args.dkd_extra else ''})",
+              "fitnet": f"student lenet + FitNet hints {args.student_layer}←{args.teacher_layer}, then KD"}
+    rows = []
+    if not distilled.empty:
+        rows.append({"model": f"teacher {args.teacher_model} (fine-tuned, {args.teacher_size} px)",
+                     "test acc %": mean_std(distilled.drop_duplicates("seed")["teacher_test_acc"].tolist()),
+                     "params": int(distilled["params_teacher"].iloc[0]),
+                     "latency ms (batch 1, CPU)": distilled["latency_ms_teacher"].median()})
+    for method, group in runs.groupby("method", sort=False):
+        logits = group["teacher_logits"].iloc[0]
+        rows.append({"model": labels[method] + (f", {logits} teacher logits" if isinstance(logits, str) else ""),
+                     "test acc %": mean_std(group["test_acc"].tolist()),
+                     "best val acc %": mean_std(group["best_val_acc"].tolist()), "params": int(group["params"].iloc[0]),
+                     "latency ms (batch 1, CPU)": distilled["latency_ms_student"].median() if not distilled.empty
+                     else float("nan")})
+    print(markdown_table(pd.DataFrame(rows), floatfmt=".2f"))
+    alone = runs[runs.method == "student_alone"].set_index("seed")["test_acc"]
+    for method, group in distilled.groupby("method", sort=False):
+        if alone.empty:
+            break
+        gains = 100 * (group.set_index("seed")["test_acc"] - alone)
+        per_seed = ", ".join(f"seed {seed}: {gain:+.1f}" for seed, gain in gains.items())
+        print(f"\n{method} gain over the student alone: {gains.mean():+.2f} points (mean of {len(gains)} seeds; "
+              f"{per_seed})", flush=True)
+    print(flush=True)
 
     if not args.skip_sweep:
         print("3. 4×4 T×α sweep (fresh cache) vs 16 student-alone jobs", flush=True)

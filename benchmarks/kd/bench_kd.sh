@@ -8,6 +8,7 @@
 #   KD_EXTRA="distill.transfer_images=5000 train.epochs=30" (KD students only: 5000 unlabelled transfer images
 #   that the run's splits leave out, 30 passes over them; KD_EXTRA= gives KD on the labelled images alone)
 #   SWEEP_EPOCHS=5 SWEEP_TEACHER_LOGITS=cached (the sweep computes the teacher's train logits once)
+#   STUDENTS=student_alone,kd (of student_alone,kd,dkd,fitnet; SKIP_SWEEP=1 leaves out the sweep)
 # Default setting (benchmarks/kd/README.md's table, chosen on validation accuracy): Fashion-MNIST, 100 images per class
 # split 30/50/20 (a large val set for the best-val checkpoint), a MobileNetV2 teacher per seed fine-tuned at
 # 96 px with random-resized-crop (scale 0.5-1) + flips, LeNet students at 32 px without augmentation for
@@ -17,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PER_SEED=()
 [ "${TEACHER_PER_SEED:-1}" = 1 ] && PER_SEED=(--teacher-per-seed)
+SKIP=()
+[ "${SKIP_SWEEP:-0}" = 1 ] && SKIP=(--skip-sweep)
 PYTHON=${PYTHON:-.venv/bin/python}
 # The committed table's teacher trained backbone and head at one lr (measured before the pretrained-backbone
 # default freeze.backbone_lr_mult=0.1), so the setting pins it.
@@ -27,4 +30,5 @@ exec "$PYTHON" benchmarks/kd/bench_kd.py --data "${DATA:-fashion_mnist}" --seeds
   --teacher-size "${TEACHER_SIZE:-96}" --teacher-extra "${TEACHER_EXTRA-$AUGMENT}" --temperature "${TEMPERATURE:-4}" \
   --alpha "${ALPHA:-0.9}" --teacher-logits "${TEACHER_LOGITS:-auto}" \
   --kd-extra "${KD_EXTRA-distill.transfer_images=5000 train.epochs=30}" --sweep-epochs "${SWEEP_EPOCHS:-5}" \
-  --sweep-teacher-logits "${SWEEP_TEACHER_LOGITS:-cached}" "${PER_SEED[@]}" "$@"
+  --sweep-teacher-logits "${SWEEP_TEACHER_LOGITS:-cached}" --students "${STUDENTS:-student_alone,kd}" \
+  "${PER_SEED[@]}" "${SKIP[@]}" "$@"

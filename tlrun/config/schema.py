@@ -244,6 +244,9 @@ class TrainConfig:
     progress: str = choice("auto", ("auto", "rich", "plain", "none"),
                            help="Progress display: auto (a rich bar on a terminal, one line per epoch otherwise), "
                                 "rich, plain, none")
+    plots: bool = field(default=True, metadata={
+        "help": "Draw the run's plots (curves.png, confusion_matrix.png, adaptation's features.png); false "
+                "skips them (~0.7 s a run: sweeps of many short jobs, tests)"})
     # Frozen backbones: run the frozen part once and train the rest on its cached outputs (finetune).
     # auto: on when the model splits cleanly there and no random augmentation is set; on: an error otherwise.
     cache_features: str = choice("auto", ("auto", "on", "off"),

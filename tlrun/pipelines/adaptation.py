@@ -249,9 +249,10 @@ def run_adaptation(ctx: RunContext) -> dict:
     source_after = extract_features(model, tap, loaders.test, placement)
     target_after = extract_features(model, tap, target_test, placement)
     gap_after = domain_gap(source_after, target_after, cfg.seed)
-    plot_domain_features({"before": (source_before, target_before), "after": (source_after, target_after)},
-                         ctx.run_dir / "features.png", method=cfg.adaptation.feature_plot, seed=cfg.seed,
-                         labels=(source.name, target.name))
+    if cfg.train.plots:
+        plot_domain_features({"before": (source_before, target_before), "after": (source_after, target_after)},
+                             ctx.run_dir / "features.png", method=cfg.adaptation.feature_plot, seed=cfg.seed,
+                             labels=(source.name, target.name))
 
     save_model_file(ctx, prepared, source)
     metrics = base_metrics(ctx, cfg.adaptation.method if cfg.adaptation.method != "none" else "source_only",

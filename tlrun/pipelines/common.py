@@ -210,17 +210,19 @@ def write_run_artifacts(ctx: RunContext, metrics: dict, test: EvalResult, classe
                         curves_title: Optional[str] = None, confusion_title: Optional[str] = None,
                         summary_keys: Optional[list[str]] = None) -> None:
     """Everything a finished run leaves besides checkpoints, for every pipeline: split.csv and
-    classification_report.txt (for a run with ``data``'s labelled splits), curves.png (with a history),
-    confusion_matrix.png of ``test``, metrics.json (wall time up to now) and the summary table."""
+    classification_report.txt (for a run with ``data``'s labelled splits), curves.png (with a history) and
+    confusion_matrix.png of ``test`` (unless train.plots=false), metrics.json (wall time up to now) and the
+    summary table."""
     run_dir = ctx.run_dir
     if data is not None:
         data.split_table().to_csv(run_dir / "split.csv", index=False)
         write_classification_report(test.targets, test.predictions, classes, run_dir / "classification_report.txt")
-    if history is not None:
+    if history is not None and ctx.cfg.train.plots:
         plot_curves(history, run_dir / "curves.png",
                     title=curves_title or f"{metrics['model']} on {data.name if data else metrics.get('data')}")
-    plot_confusion(test.targets, test.predictions, classes, run_dir / "confusion_matrix.png",
-                   title=confusion_title or f"test confusion matrix (acc {test.acc:.4f})")
+    if ctx.cfg.train.plots:
+        plot_confusion(test.targets, test.predictions, classes, run_dir / "confusion_matrix.png",
+                       title=confusion_title or f"test confusion matrix (acc {test.acc:.4f})")
     metrics["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
     write_json(metrics, run_dir / "metrics.json")
     ctx.tracker.log_run(metrics, run_dir)

@@ -56,6 +56,8 @@ from tlrun.pipelines.common import (PIPELINES, Loaders, PreparedModel, RunContex
 
 log = logging.getLogger(__name__)
 
+DISPLAY_KEYS = ("progress", "plots")  # train.* keys left out of the teacher stage's cache key
+
 
 class Indexed(Dataset):
     """(image, label, index): the step looks the cached teacher logits up by index."""
@@ -207,7 +209,9 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
         teacher_cfg.data.classes = list(classes)
     data = load_run_data(teacher_cfg.data, cfg.seed)
     # What decides the teacher's weights: model, freeze, data (config and content), recipe, seed, code version.
-    key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data", "train")}
+    # The display keys (progress bar, plots) change how the stage runs, not the teacher it trains.
+    recipe = {k: v for k, v in OmegaConf.to_container(teacher_cfg.train).items() if k not in DISPLAY_KEYS}
+    key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data")} | {"train": recipe}
                  | {"images": {split: images_digest(images) for split, images in data.splits.items()},
                     "seed": cfg.seed, "tlrun": tlrun.__version__})
     stage_dir = cache_root(ctx.cfg) / "teachers" / f"{name}-{key}"
