@@ -255,8 +255,10 @@ def compose_config(overrides: list[str]) -> Any:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    from tlrun.config import register_configs
     from tlrun.errors import ConfigError
 
+    register_configs()  # the schema and the model options (a caller outside main() may not have yet)
     task = [a for a in overrides if not a.startswith(("hydra.", "hydra/"))]
     try:
         with initialize_config_module("tlrun.conf", version_base="1.3"):

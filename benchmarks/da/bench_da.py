@@ -29,9 +29,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from tlrun.config.methods import AlignmentBase
 from tlrun.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
+WARMUP_DEFAULTS = {key: getattr(AlignmentBase, key) for key in ("warmup_epochs", "warmup_source_acc")}
 
 METHODS = ("source_only", "dann", "mmd", "coral", "cdan", "cdan_e", "mcc", "dann_mcc", "oracle")
 DEFAULT_METHODS = ("source_only", "dann", "mmd", "coral", "oracle")
@@ -63,7 +65,7 @@ OPTIMIZERS = {
 
 
 def command(source: str, target: str, method: str, seed: int, epochs: int, run_dir: Path, extra: list[str],
-            optimizer: str = "adam") -> list[str]:
+            optimizer: str = "adam", warmup: str = "off") -> list[str]:
     if method == "oracle":  # trained on the target's own labels (its train split), tested on its test split
         data = [f"data={target}"]
     else:
@@ -75,8 +77,11 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
             data += DANN_DISCRIMINATOR
         if method.startswith("dann_w"):  # the lambda-max sweep: dann_w0.3 -> adaptation.weight=0.3
             data.append(f"adaptation.weight={method[len('dann_w'):]}")
-        if method != "source_only":  # the committed table aligns from the first step (before the warm-up default)
+        if method != "source_only" and warmup == "off":  # the first table aligns from the first step, as the papers
             data += ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
+        elif method != "source_only":  # tlrun's default source warm-up (experiment=dann_digits turns it off)
+            data += [f"adaptation.warmup_epochs={WARMUP_DEFAULTS['warmup_epochs']}",
+                     f"adaptation.warmup_source_acc={WARMUP_DEFAULTS['warmup_source_acc']}"]
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
             f"seed={seed}", f"hydra.run.dir={run_dir}", *extra]
 
@@ -199,6 +204,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                         help="the optimiser recipe of every run (sgd: the DANN paper's)")
+    parser.add_argument("--warmup", choices=("off", "default"), default="off",
+                        help="off: every method aligns from the first step (the papers' protocol, the first table); "
+                             "default: tlrun's source warm-up (adaptation.warmup_epochs / warmup_source_acc)")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")
     args = parser.parse_args()
 
@@ -211,7 +219,7 @@ def main() -> int:
                 run_dir = args.out / f"{source}-{target}" / f"{method}-s{seed}"
                 jobs.append({"pair": f"{source}→{target}", "method": method, "seed": seed, "run_dir": run_dir,
                              "command": command(source, target, method, seed, args.epochs, run_dir, args.extra.split(),
-                                                 args.optimizer)})
+                                                 args.optimizer, args.warmup)})
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = pd.DataFrame(list(pool.map(run_one, jobs)))
