@@ -64,6 +64,12 @@ def train_tiny_teacher(tmp_path: Path, name: str = "teacher", per_class: int = 1
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """One finished 1-epoch LeNet run, the read-only distill.teacher of the tests below."""
+    return train_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+
+
 def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     first = run_tlrun([*KD_TINY, cache, "distill.temperature=2"], tmp_path)
@@ -87,8 +93,8 @@ def test_teacher_stage_and_logits_are_cached_across_runs(tmp_path: Path):
     assert len(list((tmp_path / "cache" / "teachers").glob("*/ft_model.pt"))) == 1
 
 
-def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path):
-    teacher_run = train_tiny_teacher(tmp_path)
+def test_teacher_from_run_folder_and_class_mismatch(tmp_path: Path, tiny_teacher: Path):
+    teacher_run = tiny_teacher
     ok = run_tlrun(["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1",
                     "data.image_size=16", "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", *TINY], tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -113,8 +119,8 @@ def test_a_missing_teacher_is_refused_before_any_data_is_loaded(tmp_path: Path, 
         assert run_dirs(tmp_path) == []
 
 
-def test_teacher_logits_cache_is_invalidated_when_teacher_weights_change(tmp_path: Path):
-    teacher_a = train_tiny_teacher(tmp_path, "teacher_a")
+def test_teacher_logits_cache_is_invalidated_when_teacher_weights_change(tmp_path: Path, tiny_teacher: Path):
+    teacher_a = tiny_teacher
     # Same architecture, classes and preprocessing; only the weights differ.
     teacher_b = tmp_path / "teacher_b"
     teacher_b.mkdir()
@@ -181,7 +187,7 @@ def test_teacher_view_is_identity_for_same_geometry_and_renormalises_otherwise()
     assert to_teacher_view(images, student, bigger).shape == (2, 3, 32, 32)
 
 
-def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_path: Path):
+def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tiny_teacher: Path):
     """The first batch's KD loss is the same whether the teacher's logits were cached or computed online."""
     from omegaconf import OmegaConf
 
@@ -193,8 +199,7 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
     from tlrun.engine import Placement
     from tlrun.pipelines.distill import (CachedTeacher, DistillationStep, Indexed, OnlineTeacher, predict_logits)
 
-    teacher_run = train_tiny_teacher(tmp_path, per_class=8)
-    teacher = load_run_model(teacher_run, "cpu")
+    teacher = load_run_model(tiny_teacher, "cpu")
     saved_cfg = OmegaConf.create(teacher.config)
     data = load_run_data(saved_cfg.data, 0)
     placement = Placement(torch.device("cpu"))
@@ -212,8 +217,8 @@ def test_online_teacher_matches_cached_logits_on_deterministic_transforms(tmp_pa
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_online_and_cached_runs_agree_and_auto_goes_online_with_augmentation(tmp_path: Path):
-    teacher_run = train_tiny_teacher(tmp_path)
+def test_online_and_cached_runs_agree_and_auto_goes_online_with_augmentation(tmp_path: Path, tiny_teacher: Path):
+    teacher_run = tiny_teacher
     common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
               "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "device.deterministic=true", *TINY]
     runs = {}
@@ -293,8 +298,8 @@ def test_mixup_distils_on_the_teacher_view_of_the_mixed_images():
     assert torch.equal(out.targets, targets.argmax(1))
 
 
-def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits(tmp_path: Path):
-    teacher_run = train_tiny_teacher(tmp_path)
+def test_mixup_kd_runs_with_the_online_teacher_and_is_refused_with_cached_logits(tmp_path: Path, tiny_teacher: Path):
+    teacher_run = tiny_teacher
     common = ["distill=kd", "model=lenet", f"distill.teacher={teacher_run}", "train.epochs=1", "data.image_size=16",
               "data.max_per_class=10", f"data.cache_dir={tmp_path / 'c'}", "data.augment.mixup_alpha=0.4", *TINY]
     refused = run_tlrun([*common, "distill.teacher_logits=cached", f"hydra.run.dir={tmp_path / 'cached'}"], tmp_path)

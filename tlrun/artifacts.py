@@ -12,6 +12,7 @@ from torch import nn
 from tlrun.data.transforms import ImageGeometry
 from tlrun.checkpoint import load_file
 from tlrun.errors import CheckpointError, WeightsError
+from tlrun.paths import run_model_file
 from tlrun.models.factory import build_model
 from tlrun.pipelines.common import MODEL_FILE_FORMAT
 
@@ -27,10 +28,7 @@ class LoadedModel:
 
 def load_run_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedModel:
     """Rebuild a trained model from a run folder or its ft_model.pt (in eval mode)."""
-    path = Path(path)
-    file = path / "ft_model.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise WeightsError(f"no ft_model.pt at {path}; give a finished run folder or its ft_model.pt")
+    file = run_model_file(path)
     try:
         saved = load_file(file, "a tlrun model file")
     except CheckpointError as exc:

@@ -1,4 +1,5 @@
-"""Hydra callbacks: at the end of a sweep, rebuild its summary and report failed jobs in one line each."""
+"""Hydra callbacks: before a run, validate the config Hydra composed (before it makes the run folder); at
+the end of a sweep, rebuild its summary and report failed jobs in one line each."""
 
 from __future__ import annotations
 
@@ -10,6 +11,25 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tlrun.sweep import FAILED_FILE, UnreadableFile, find_jobs, read_json_object, write_report
+
+
+class ValidateRun(Callback):
+    """Validate the run's config as Hydra composed it, between composition and the run folder's creation
+    (Hydra calls on_run_start before run_job makes the folder): a refused config leaves nothing on disk,
+    and the command composes its config once for this instead of once more beforehand."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from tlrun.cli import debug_mode, fail
+        from tlrun.config import validate_config
+        from tlrun.errors import TlrunError
+        from tlrun.runner import one_line
+
+        try:
+            validate_config(config)
+        except TlrunError as exc:
+            if debug_mode():
+                raise
+            fail(one_line(str(exc)), exc.exit_code)
 
 
 class SweepStatus(Callback):

@@ -232,9 +232,10 @@ def scratch_for_other_ranks(argv: list[str]) -> list[str]:
     return [*kept, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
 
 
-def check_new_run(overrides: list[str], compose: bool = True) -> None:
-    """Before Hydra creates a new run folder: the whole config composes and validates (so a refusal leaves
-    nothing on disk), and a given hydra.run.dir holds no results and can be created."""
+def check_new_run(overrides: list[str], compose: bool = False) -> None:
+    """Before Hydra creates a new run folder: a given hydra.run.dir holds no results and can be created;
+    with ``compose``, the whole config also composes and validates here. A run of tlrun's own config
+    validates it in the ValidateRun callback instead, after Hydra's composition and before the folder."""
     from pathlib import Path
 
     from tlrun.paths import check_can_create
@@ -366,9 +367,9 @@ def _main() -> None:
             resolved = scratch_for_other_ranks(quote_path_values(resolve_resume(overrides, args.multirun)))
             starts_a_run = not (args.multirun or args.help or args.hydra_help or args.cfg)
             if starts_a_run and not any(a.startswith("train.resume=") for a in resolved):
-                # With the user's own primary config (--config-name/-cp/-cd) the job validates it instead.
-                own_config = args.config_name or args.config_path or args.config_dir
-                check_new_run(resolved, compose=not own_config)
+                # The config itself is validated by tlrun.callbacks.ValidateRun (with the user's own primary
+                # config, --config-name/-cp/-cd, by the job).
+                check_new_run(resolved)
             if resolved != args.overrides:
                 flags = [a for a in argv if a not in args.overrides]
                 sys.argv = [sys.argv[0], *flags, *resolved]

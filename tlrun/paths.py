@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from tlrun.errors import ConfigError
+from tlrun.errors import ConfigError, WeightsError
+
+MODEL_FILE = "ft_model.pt"
 
 
 def check_can_create(path: Path, key: str) -> None:
@@ -28,6 +30,15 @@ def check_can_create(path: Path, key: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == path else f"cannot be created: {probe} is read-only"
         raise ConfigError(f"{key}={path} {what}; choose a writable {key}")
+
+
+def run_model_file(path: str | Path) -> Path:
+    """The ft_model.pt of a run folder (or the file itself); WeightsError, one line, if there is none."""
+    path = Path(path).expanduser()
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise WeightsError(f"no {MODEL_FILE} at {path}; give a finished run folder or its {MODEL_FILE}")
+    return file
 
 
 def output_dir(out: Optional[str], default_root: str, result_file: str) -> Path:
