@@ -31,7 +31,7 @@ DIGITS = (0, 1, 2)
 PER_CLASS = 60
 EASY = {"noise": 0.0, "contrast": (0.6, 0.8), "rotation": 0.0}
 RECIPE = ["data=imagefolder", "data.target=cvdigits", f"data.max_per_class={PER_CLASS}",
-          f"data.classes=[{','.join(map(str, DIGITS))}]", "model=lenet", "data.image_size=16",
+          f"data.classes=[{','.join(map(str, DIGITS))}]", "model=lenet", "data.image_size=32",
           "train.optimizer=adam", "train.lr=1e-3", "train.weight_decay=0", "train.scheduler=none",
           "train.epochs=10", "train.batch_size=16", "adaptation=mmd", "seed=0", *TINY]
 WARMUP_OFF = ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]

@@ -65,19 +65,18 @@ def _check_weights(weights: Optional[Sequence[float]], runs: int) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every argument check that needs no torch, before any folder is made: ranges, counts, and that each
-    run has its model file (a typo in a run folder answers at once, not after torch has loaded)."""
+    """Every argument check that needs no file: before torch loads and before any folder is made."""
     check_arg_ranges(args, ARG_RANGES)
     if len(args.inputs) < 2:
         raise ConfigError("give at least one run folder and then the images, e.g. tlrun-predict RUN photos/")
     _check_weights(args.weights, len(args.inputs) - 1)
-    for run_path in args.inputs[:-1]:
-        run_model_file(run_path)
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     out = output_dir(args.out, "predictions", TABLE_FILE)
+    for run_path in args.inputs[:-1]:  # a mistyped run answers at once, not after torch has loaded
+        run_model_file(run_path)
     import torch
 
     from tlrun.predict import load_members, predict, resolve_images

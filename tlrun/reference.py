@@ -202,15 +202,6 @@ class Option(NamedTuple):
     description: str
 
 
-def _ensure_registered() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    from tlrun.config import SCHEMA_NAME
-
-    if f"{SCHEMA_NAME}.yaml" not in ConfigStore.instance().repo:
-        register_configs()
-
-
 def _conf_file(*parts: str):
     from importlib.resources import files
 
@@ -253,7 +244,7 @@ def options_of(group: str) -> list[Option]:
     description of each YAML file."""
     from tlrun.cli import group_options
 
-    _ensure_registered()
+    register_configs()  # once per process
     found = []
     for name in group_options(group):
         path = _conf_file(group, f"{name}.yaml")

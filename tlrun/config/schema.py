@@ -317,7 +317,8 @@ SCHEMA_NAME = "tlrun_schema"
 
 
 def register_configs() -> None:
-    """Register the schema and the generated group options in Hydra's ConfigStore."""
+    """Register the schema and the generated group options in Hydra's ConfigStore (once per process:
+    storing ~100 model nodes costs ~0.3 s, and every command, in-process test run included, asks)."""
     from hydra.core.config_store import ConfigStore
 
     from tlrun.models.catalog import MODEL_DEFAULTS
@@ -325,6 +326,8 @@ def register_configs() -> None:
 
     register_resolver()
     store = ConfigStore.instance()
+    if f"{SCHEMA_NAME}.yaml" in store.repo and "timm.yaml" in store.repo.get("model", {}):
+        return  # the last entry below is there: all of them are
     store.store(name=SCHEMA_NAME, node=TlrunConfig)
     # One option per known model name, so `model=<any torchvision classifier>` composes
     # (and tab-completes) without a YAML file per architecture.
