@@ -294,8 +294,10 @@ def test_cdan_and_mcc_runs_write_their_loss_columns(tmp_path: Path, args: list[s
     method = args[0].split("=")[1]
     assert metrics["pipeline"] == method and metrics["adaptation"] == method
     if cdan_map:
-        assert metrics["cdan_map"] == cdan_map and 0 <= metrics["domain_acc_last"] <= 1
         assert {"domain_acc", "discriminator_active"} <= set(history.columns)
+        # metrics.json's game state is the history's last epoch (a copy, not another measurement).
+        assert metrics["cdan_map"] == cdan_map
+        assert metrics["domain_acc_last"] == pytest.approx(history["domain_acc"].iloc[-1])
 
 
 @needs_cvdigits
