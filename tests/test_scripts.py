@@ -104,10 +104,12 @@ def test_bench_da_script(tmp_path: Path):
 def test_bench_kd_script_trains_the_sweep_teacher_once(tmp_path: Path):
     env = {"DATA": "digits", "SEEDS": "0", "EPOCHS": "1", "OUT": str(tmp_path / "kd"), "DEVICE": "cpu",
            "EXTRA": "data.max_per_class=8 device.threads=1", "TEACHER_EPOCHS": "1", "TEACHER_SIZE": "32",
-           "SWEEP_EPOCHS": "1", "KD_EXTRA": "distill.transfer_images=30 train.epochs=1"}
+           "SWEEP_EPOCHS": "1", "KD_EXTRA": "distill.transfer_images=30 train.epochs=1",
+           "STUDENTS": "student_alone,kd,dkd,fitnet"}
     result = run_script("benchmarks/kd/bench_kd.sh", env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(pd.read_csv(tmp_path / "kd" / "bench_kd.csv")) == 2
+    assert pd.read_csv(tmp_path / "kd" / "bench_kd.csv")["method"].tolist() == ["student_alone", "kd", "dkd", "fitnet"]
+    assert read_metrics(tmp_path / "kd" / "runs" / "fitnet-seed0")["pipeline"] == "fitnet"
     assert read_metrics(tmp_path / "kd" / "runs" / "kd-seed0")["transfer_images"] == 30  # KD_EXTRA: KD only
     assert "transfer_images" not in read_metrics(tmp_path / "kd" / "runs" / "student_alone-seed0")
     cost = json.loads((tmp_path / "kd" / "bench_kd_sweep.json").read_text())

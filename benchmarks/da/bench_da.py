@@ -12,7 +12,7 @@ validation accuracy) and the gap closure (method − source_only) / (oracle − 
 label-free validators' table: for each ``adaptation.select_by`` criterion, the mean target accuracy of the
 epochs it picks (metrics.json ``validator_picks``) and its Spearman rank correlation with target accuracy
 over every epoch of every adapted run (ft_history.csv). Writes bench_da.csv (one row per run) and
-validators.csv. ``--dann-weights`` adds DANN cells with ``adaptation.weight`` (λ max) at each value
+bench_da_validators.csv. ``--dann-weights`` adds DANN cells with ``adaptation.weight`` (λ max) at each value
 (``dann_w<value>``): the invariance / accuracy trade-off, with the A-distance per value. Default --out:
 benchmarks/da/results/ beside this script (the committed CSV).
 """
@@ -42,10 +42,14 @@ METHOD_OVERRIDES = {
     "cdan_e": ["adaptation.entropy=true"],  # CDAN+E: entropy-conditioned discriminator loss
     "dann_mcc": ["adaptation.mcc_weight=1"],  # DANN with MCC as a regulariser on the target batch
     "dann_lambda0": ["adaptation.weight=0"],
+    # CDAN with DANN's digit discriminator (below) instead of its paper's 1024x1024 one: the map, not the
+    # discriminator, is then the only difference from the dann cell.
+    "cdan_d100": ["adaptation.discriminator_width=100", "adaptation.discriminator_depth=1",
+                  "adaptation.discriminator_dropout=0", "adaptation.discriminator_batch_norm=false"],
 }
 # Ablation (not run by default, --methods ...,dann_lambda0): DANN with lambda = 0, i.e. source-only training whose
 # BatchNorm layers see the concatenated source + target batches, without any adversarial gradient.
-ABLATIONS = ("dann_lambda0",)
+ABLATIONS = ("dann_lambda0", "cdan_d100")
 # The DANN paper's digit setting (Ganin et al. 2016, Sec. 5.2) for every method, baselines included: a
 # LeNet-style CNN from scratch at 32 px, batches of 64 per domain, lambda ramped by 2/(1+e^-10p)-1 and the
 # paper's digit domain classifier (one hidden layer of 100 units).
@@ -232,7 +236,7 @@ def main() -> int:
     print(markdown_table(summarize(runs)))
     picks = validator_table(jobs)
     if not picks.empty:
-        picks.to_csv(args.out / "validators.csv", index=False)
+        picks.to_csv(args.out / "bench_da_validators.csv", index=False)
         print(markdown_table(picks))
     return 0 if failed.empty else 1
 
