@@ -22,7 +22,7 @@ METRIC_KEYS = ["pipeline", "best_epoch", "best_val_acc", "last_val_acc", "test_a
 @pytest.fixture(scope="module")
 def lenet_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("lenet")
-    result = run_tlrun(["model=lenet", "data=digits", "data.image_size=32", "train.epochs=2", "train.lr=0.01", *TINY, *PLOTS], cwd)
+    result = run_tlrun(["model=lenet", "data=digits", "data.image_size=16", "train.epochs=2", "train.lr=0.01", *TINY, *PLOTS], cwd)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(cwd)
     return run_dir
