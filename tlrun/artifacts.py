@@ -13,7 +13,9 @@ from tlrun.data.transforms import ImageGeometry
 from tlrun.checkpoint import load_file
 from tlrun.errors import CheckpointError, WeightsError
 from tlrun.paths import run_model_file
+from tlrun.models import text as text_model
 from tlrun.models.factory import build_model
+from tlrun.models.text import TextInput
 from tlrun.pipelines.common import MODEL_FILE_FORMAT
 
 
@@ -21,7 +23,7 @@ from tlrun.pipelines.common import MODEL_FILE_FORMAT
 class LoadedModel:
     model: nn.Module
     classes: list[str]
-    geometry: ImageGeometry
+    geometry: "ImageGeometry | TextInput"
     model_name: str
     config: dict
 
@@ -35,8 +37,11 @@ def load_run_model(path: Union[str, Path], device: Union[str, torch.device] = "c
         raise WeightsError(str(exc)) from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FILE_FORMAT:
         raise WeightsError(f"{file} is not a tlrun model file ({MODEL_FILE_FORMAT})")
-    built = build_model(saved["model_name"], saved["num_classes"], weights=None)
-    built.model.load_state_dict(saved["state_dict"])
-    built.model.to(device).eval()
-    return LoadedModel(built.model, list(saved["classes"]), ImageGeometry(**saved["preprocess"]),
-                       saved["model_name"], saved.get("config", {}))
+    if isinstance(saved.get("text"), dict):  # a text model: rebuilt from the config and tokenizer it holds
+        model, geometry = text_model.rebuild(saved["text"])
+    else:
+        model = build_model(saved["model_name"], saved["num_classes"], weights=None).model
+        geometry = ImageGeometry(**saved["preprocess"])
+    model.load_state_dict(saved["state_dict"])
+    model.to(device).eval()
+    return LoadedModel(model, list(saved["classes"]), geometry, saved["model_name"], saved.get("config", {}))

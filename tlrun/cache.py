@@ -104,6 +104,8 @@ def images_digest(images: ImageSet) -> str:
     sha.update(json.dumps([images.ids, images.labels.tolist()]).encode())
     if images.pixels is not None:
         sha.update(images.pixels.contiguous().numpy().tobytes())
+    for text in getattr(images, "texts", None) or []:  # a text set (tlrun.data.text.TextSet) by content
+        sha.update(text.encode("utf-8", "surrogatepass") + b"\0")
     for path in images.paths or []:
         stat = Path(path).stat()
         sha.update(f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}".encode())

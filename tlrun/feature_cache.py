@@ -111,15 +111,23 @@ def candidate_cut(model: nn.Module, plan: FreezePlan) -> tuple[Optional[Cut], st
     return Cut("blocks", skipped[-1], skipped, trainable_blocks + (plan.head,)), ""
 
 
+def probe_input(dataset: Optional[Dataset], image_size: int) -> torch.Tensor:
+    """Two inputs to probe the cut with: the first two texts of a text set (token ids), else random images."""
+    collate = getattr(dataset, "collate", None)
+    if collate is not None:
+        return collate([dataset[i] for i in range(min(2, len(dataset)))])[0]
+    # A private generator: the probe must not shift the run's random stream (cache on/off equivalence).
+    return torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
 @torch.no_grad()
-def splits_cleanly(model: nn.Module, cut: Cut, placement: Placement, image_size: int) -> bool:
+def splits_cleanly(model: nn.Module, cut: Cut, placement: Placement, image_size: int,
+                   dataset: Optional[Dataset] = None) -> bool:
     """Probe: does the suffix applied to the prefix's output give the model's own output?"""
     was_training = model.training
     model.eval()
     try:
-        # A private generator: the probe must not shift the run's random stream (cache on/off equivalence).
-        probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-        probe = placement.images(probe)
+        probe = placement.images(probe_input(dataset, image_size))
         with placement.autocast():
             expected = model(probe).float()
             features = placement.images(prefix_output(model, cut, probe))
@@ -133,7 +141,7 @@ def splits_cleanly(model: nn.Module, cut: Cut, placement: Placement, image_size:
 
 
 def plan_cut(cfg: DictConfig, model: nn.Module, plan: FreezePlan, placement: Placement,
-             image_size: int) -> tuple[Optional[Cut], str]:
+             image_size: int, dataset: Optional[Dataset] = None) -> tuple[Optional[Cut], str]:
     """Decide ``train.cache_features``: the cut to train from, or None and the reason (an error for ``on``)."""
     mode = cfg.train.cache_features
     if mode == "off":
@@ -146,7 +154,7 @@ def plan_cut(cfg: DictConfig, model: nn.Module, plan: FreezePlan, placement: Pla
         cut, reason = None, "train.progressive_resizing changes the input size between phases"
     if cut is not None and cfg.device.compile:
         cut, reason = None, "device.compile=true compiles the whole model's forward"
-    if cut is not None and not splits_cleanly(model, cut, placement, image_size):
+    if cut is not None and not splits_cleanly(model, cut, placement, image_size, dataset):
         where = "before the head" if cut.kind == "head" else f"after {cut.at}"
         cut, reason = None, f"{type(model).__name__}'s forward does not split cleanly {where}"
     if cut is None and mode == "on":
@@ -195,7 +203,8 @@ def _feature_key(model: nn.Module, cut: Cut, dataset: ImageDataset, placement: P
     frozen_state = [(k, v) for k, v in model.state_dict().items()
                     if not any(k.startswith(m + ".") for m in cut.trainable)]
     return digest({"model": model_name, "cut": [cut.kind, cut.at], "frozen": tensors_digest(frozen_state),
-                   "transform": repr(dataset.transform), "images": images_digest(dataset.images),
+                   "transform": repr(dataset.transform),
+                   "images": dataset.digest() if hasattr(dataset, "digest") else images_digest(dataset.images),
                    "placement": [placement.device.type, placement.channels_last, placement.amp],
                    "versions": [torch.__version__, torchvision.__version__]})
 
@@ -206,7 +215,7 @@ def _write_features(model: nn.Module, cut: Cut, dataset: ImageDataset, placement
     store = None
     with atomic_path(path) as tmp:
         start = 0
-        for images, _labels in make_loader(dataset, CHUNK, False, 0):
+        for images, _labels in make_loader(dataset, CHUNK, False, 0, collate=getattr(dataset, "collate", None)):
             with placement.autocast():
                 out = prefix_output(model, cut, placement.images(images)).float().cpu().contiguous()
             if store is None:
@@ -264,7 +273,7 @@ def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageD
 def build_feature_cache(cfg: DictConfig, model: nn.Module, plan: FreezePlan, placement: Placement, image_size: int,
                         train: ImageDataset, val: ImageDataset, seed: int) -> tuple[Optional[FeatureCache], dict]:
     """The feature loaders for this run, or None (and why) when training must see images."""
-    cut, reason = plan_cut(cfg, model, plan, placement, image_size)
+    cut, reason = plan_cut(cfg, model, plan, placement, image_size, train)
     if cut is None:
         log.info("Feature cache off: %s", reason)
         return None, {"mode": "off", "reason": reason}

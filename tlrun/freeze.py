@@ -113,7 +113,11 @@ def probe_sizes(model: nn.Module, blocks: list[str], image_size: int) -> dict[st
 
 
 def declared_stage_ends(model: nn.Module) -> list[str]:
-    """Modules that end the model's own feature levels (timm's ``feature_info``), in forward order."""
+    """Modules that end the model's own feature levels (timm's ``feature_info``; a text model's
+    ``stage_ends``: embeddings, then each encoder layer), in forward order."""
+    declared = getattr(model, "stage_ends", None)
+    if isinstance(declared, list) and declared:
+        return list(declared)
     info = getattr(model, "feature_info", None)
     if not isinstance(info, list) or not all(isinstance(level, dict) and "module" in level for level in info):
         return []
@@ -128,6 +132,10 @@ def declared_stages(model: nn.Module, blocks: list[str], ends: list[str]) -> lis
         return [f"{block}.{child}" for child, _ in model.get_submodule(block).named_children()]
 
     blocks = list(blocks)
+    for end in ends:  # an end module that was opened into its children is one block again
+        inside = [i for i, b in enumerate(blocks) if b.startswith(end + ".")]
+        if inside:
+            blocks[inside[0]:inside[-1] + 1] = [end]
     while True:  # open the containers that hold an end module until every end is a block of its own
         at = next((i for i, b in enumerate(blocks) if any(end.startswith(b + ".") for end in ends)), None)
         if at is None:

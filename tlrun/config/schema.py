@@ -40,10 +40,14 @@ class ModelConfig:
     weights_path: Optional[str] = path_field(
         help="A local .pth for the architecture (a state dict, or a checkpoint holding one under state_dict/model); "
              "timm models also take .safetensors")
-    library: str = choice("auto", ("auto", "timm"),
+    library: str = choice("auto", ("auto", "timm", "hf"),
                           help="Where model.name comes from: auto (tlrun's own, then torchvision; a timm/ prefix "
-                               "means timm) or timm (model=timm: any timm.list_models() name, with its pretrained "
-                               "tag, e.g. convnext_tiny.fb_in22k)")
+                               "means timm), timm (model=timm: any timm.list_models() name, with its pretrained "
+                               "tag, e.g. convnext_tiny.fb_in22k) or hf (model=hf: a Hugging Face text encoder, "
+                               "a hub id or a local folder; model=minilm: the offline all-MiniLM-L6-v2)")
+    num_layers: Optional[int] = bounded(None, low=1,
+                                        help="Text models: keep this many evenly spaced encoder layers of the "
+                                             "pretrained model (a smaller KD student); null = all")
 
 
 @dataclass
@@ -134,6 +138,16 @@ class DataConfig:
     in_memory_max_mb: int = bounded(1024, low=0,
                                     help="Image-file splits that decode to at most this many MB are decoded once "
                                          "into memory; larger ones (or 0) stream from the files")
+    # Text data (data=textcsv|textfolder|rotten_tomatoes|bbc_news); image keys above do not apply to it.
+    path: Optional[str] = path_field(
+        help="data=textcsv: the .csv, .tsv or .jsonl file of labelled texts")
+    text_column: str = field(default="text", metadata={"help": "data=textcsv: the column that holds the texts"})
+    label_column: str = field(default="label", metadata={
+        "help": "data=textcsv: the column that holds the labels (its distinct values are the classes)"})
+    encoding: str = field(default="utf-8", metadata={"help": "data=textcsv: the file's text encoding"})
+    max_length: int = bounded(128, low=8,
+                              help="Text data: texts are truncated to this many tokens (special tokens "
+                                   "included); batches are padded to their longest text")
     # Setting it without adaptation= gives the source-only baseline with target evaluation.
     target: Optional[str] = field(default=None, metadata={
         "help": "Domain adaptation: the unlabelled target domain (a dataset name, or imagefolder); null = none"})
@@ -334,6 +348,10 @@ def register_configs() -> None:
     for name, overrides in MODEL_DEFAULTS.items():
         store.store(group="model", name=name, node=ModelConfig(name=name, **overrides))
     # model=timm model.name=<any timm name>: a ResNet-50 with timm's A1 recipe unless a name is given.
+    # model=hf model.name=<hub id or folder>: a Hugging Face text encoder; model=minilm: the offline one.
+    store.store(group="model", name="hf", node=ModelConfig(name="sentence-transformers/all-MiniLM-L6-v2",
+                                                            library="hf"))
+    store.store(group="model", name="minilm", node=ModelConfig(name="minilm", library="hf"))
     store.store(group="model", name="timm", node=ModelConfig(name="resnet50.a1_in1k", library="timm"))
 
 

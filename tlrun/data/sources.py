@@ -67,6 +67,11 @@ class DataRequest:
     root: Optional[str]
     cache_dir: Path
     bad_images: str = "error"
+    # Text files (data=textcsv): the file, its columns and encoding.
+    path: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
 
 
 def default_cache_dir() -> Path:
@@ -199,6 +204,7 @@ def dataset_builder(name: str, config_key: str = "data=") -> DatasetBuilder:
     ConfigError line naming ``config_key`` (``data=``, ``data.target=``, ...)."""
     from tlrun.data import domains  # noqa: F401  (registers data=digits_m, cvdigits_m, mnist_m)
     from tlrun.data import imagefolder  # noqa: F401  (registers data=imagefolder)
+    from tlrun.data import text  # noqa: F401  (registers data=textcsv, textfolder, rotten_tomatoes, bbc_news)
 
     return DATASETS.get(name, config_key)
 

@@ -107,7 +107,10 @@ def _load_source(data_cfg: DictConfig, name: str, root: Optional[str]) -> Source
     images) comes through here, so here a classifier's need for 2 classes with images is enforced."""
     request = DataRequest(name=name, root=root,
                           cache_dir=Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(),
-                          bad_images=data_cfg.bad_images)
+                          bad_images=data_cfg.bad_images, path=data_cfg.get("path"),
+                          text_column=data_cfg.get("text_column", "text"),
+                          label_column=data_cfg.get("label_column", "label"),
+                          encoding=data_cfg.get("encoding", "utf-8"))
     loaded = load_source(request)
     wanted = data_cfg.get("classes")
     source = select_classes(loaded, wanted)

@@ -35,7 +35,10 @@ def is_timm(model_id: str) -> bool:
 
 
 def model_id(name: str, library: str) -> str:
-    """The id that names a model everywhere (metrics, ft_model.pt, teachers): ``timm/<name>`` for timm."""
+    """The id that names a model everywhere (metrics, ft_model.pt, teachers): ``timm/<name>`` for timm,
+    ``hf/<name>`` for Hugging Face text models."""
+    if library == "hf":
+        return name if name.startswith("hf/") else "hf/" + name
     return PREFIX + name if library == "timm" and not is_timm(name) else name
 
 

@@ -24,6 +24,8 @@ from tlrun.engine import Engine, EvalResult, FitResult, Placement, TrainStep
 from tlrun.errors import ConfigError
 from tlrun.freeze import FreezePlan, count_params, make_plan
 from tlrun.models.factory import BuiltModel, build_model
+from tlrun.models.text import TextInput
+from tlrun.models.text import model_record as text_record
 from tlrun.models.timm_backbones import model_id
 from tlrun.registry import Registry
 from tlrun.report import plot_confusion, plot_curves, print_summary, write_classification_report, write_json
@@ -71,11 +73,11 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
     model_cfg = model_cfg or ctx.cfg.model
     freeze_cfg = freeze_cfg or ctx.cfg.freeze
     built = build_model(model_id(model_cfg.name, model_cfg.library), num_classes, model_cfg.weights,
-                        model_cfg.weights_path)
-    geometry = ImageGeometry.resolve(built.preprocess, ctx.cfg.data)
+                        model_cfg.weights_path, model_cfg.get("num_layers"))
+    geometry = input_of(built, ctx.cfg.data)
     # The lower backbone lr protects pretrained features; a random-init backbone has none to protect.
     pretrained = built.weights_source != "random init"
-    plan = make_plan(built.model, built.head_name, freeze_cfg.strategy, geometry.crop_size,
+    plan = make_plan(built.model, built.head_name, freeze_cfg.strategy, getattr(geometry, "crop_size", 0),
                      trainable_stages=freeze_cfg.trainable_stages, lr_decay=freeze_cfg.lr_decay,
                      train_frozen_bn=freeze_cfg.train_frozen_bn,
                      backbone_lr_mult=freeze_cfg.backbone_lr_mult if pretrained else 1.0,
@@ -88,6 +90,14 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
              f"{count_params(p for p in built.model.parameters() if p.requires_grad):,}",
              f"{count_params(built.model.parameters()):,}")
     return PreparedModel(built, plan, geometry)
+
+
+def input_of(built: BuiltModel, data_cfg: DictConfig) -> "ImageGeometry | TextInput":
+    """What the model reads: a text model's tokenizer and data.max_length, else the image geometry."""
+    tokenizer = getattr(built, "tokenizer", None)
+    if tokenizer is not None:
+        return TextInput(int(data_cfg.max_length), tokenizer, built.tokenizer_files)  # type: ignore[attr-defined]
+    return ImageGeometry.resolve(built.preprocess, data_cfg)
 
 
 def make_optimizer(train_cfg: DictConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -107,8 +117,10 @@ class Loaders:
     test: torch.utils.data.DataLoader
 
 
-def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loaders:
+def make_loaders(ctx: RunContext, data: RunData, geometry: "ImageGeometry | TextInput") -> Loaders:
     cfg = ctx.cfg
+    if isinstance(geometry, TextInput):
+        return text_loaders(ctx, data, geometry)
     augment = cfg.data.augment
     train_tf, eval_tf = build_transform(geometry, augment, train=True), build_transform(geometry, None, train=False)
     workers, pin = cfg.device.num_workers, pin_memory(cfg, ctx.device)
@@ -122,6 +134,22 @@ def make_loaders(ctx: RunContext, data: RunData, geometry: ImageGeometry) -> Loa
         test=make_loader(ImageDataset(splits["test"], eval_tf), cfg.train.eval_batch_size, False,
                          cfg.seed, workers, pin_memory=pin),
     )
+
+
+def text_loaders(ctx: RunContext, data: RunData, text_input: TextInput) -> Loaders:
+    """Token-id loaders: each split tokenised once (cached), batches padded to their longest text."""
+    from tlrun.cache import cache_root
+    from tlrun.data.text import TextDataset, tokenize
+
+    cfg = ctx.cfg
+    workers, pin = cfg.device.num_workers, pin_memory(cfg, ctx.device)
+    sets = {split: TextDataset(data.splits[split], tokenize(data.splits[split], text_input.tokenizer,
+                                                            text_input.max_length, cache_root(cfg)))
+            for split in ("train", "val", "test")}
+    return Loaders(
+        train=make_loader(sets["train"], cfg.train.batch_size, True, cfg.seed, workers, TextDataset.collate, pin),
+        val=make_loader(sets["val"], cfg.train.eval_batch_size, False, cfg.seed, workers, TextDataset.collate, pin),
+        test=make_loader(sets["test"], cfg.train.eval_batch_size, False, cfg.seed, workers, TextDataset.collate, pin))
 
 
 def pin_memory(cfg: DictConfig, device: torch.device) -> bool:
@@ -159,7 +187,9 @@ def save_model_file(ctx: RunContext, prepared: PreparedModel, data: RunData, pat
         "num_classes": len(data.classes),
         "classes": list(data.classes),
         "head": prepared.built.head_name,
-        "preprocess": asdict(prepared.geometry),
+        "preprocess": prepared.geometry.to_dict() if isinstance(prepared.geometry, TextInput)
+        else asdict(prepared.geometry),
+        **({"text": text_record(prepared.model, prepared.geometry)} if isinstance(prepared.geometry, TextInput) else {}),
         "weights": prepared.built.weights,
         "state_dict": prepared.model.state_dict(),
         "config": OmegaConf.to_container(ctx.cfg, resolve=True),
@@ -197,7 +227,8 @@ def base_metrics(ctx: RunContext, pipeline: str, prepared: PreparedModel, data: 
         "train_size": len(data.splits["train"]),
         "val_size": len(data.splits["val"]),
         "test_size": len(data.splits["test"]),
-        "image_size": prepared.geometry.crop_size,
+        **({"max_length": prepared.geometry.max_length} if isinstance(prepared.geometry, TextInput)
+           else {"image_size": prepared.geometry.crop_size}),
         "epochs_run": fit.epochs_run,
         "stopped_early": fit.stopped_early,
         "seed": ctx.cfg.seed,

@@ -30,7 +30,7 @@ def run_finetune(ctx: RunContext, data: Optional[RunData] = None) -> dict:
         prepared.geometry = phase_geometry(prepared.geometry, int(phases[0].image_size))
     loaders = make_loaders(ctx, data, prepared.geometry)
     features, cache_info = build_feature_cache(cfg, prepared.model, prepared.plan, ctx.placement,
-                                               prepared.geometry.crop_size, loaders.train.dataset,
+                                               getattr(prepared.geometry, "crop_size", 0), loaders.train.dataset,
                                                loaders.val.dataset, cfg.seed)
     engine = make_engine(ctx, prepared, ClassificationStep(prepared.model, ctx.placement, cfg.train.label_smoothing),
                          features.train if features else loaders.train, features.val if features else loaders.val)
