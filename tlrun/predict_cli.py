@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         summary["accuracy"] = final_acc
         plot_confusion(result.labels, result.final.argmax(axis=1), classes, out / CONFUSION_FILE,
                        title=f"confusion matrix (acc {final_acc:.4f}, tta {args.tta})")
-    if args.grid > 0:
+    if args.grid > 0 and getattr(images.images, "texts", None) is None:  # a grid of images; texts have none
         _write_grid(out / GRID_FILE, images.images, result, classes, args.grid)
     from tlrun.report import markdown_table, write_json
 

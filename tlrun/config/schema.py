@@ -29,6 +29,45 @@ OVERLAY_GROUPS = ("experiment", "hparams_search")
 METHOD_GROUPS = ("adaptation", "distill")
 
 
+# Datasets of texts (tlrun.data.text): they need a text model, and a text model needs one of them.
+TEXT_DATASETS = ("textcsv", "textfolder", "rotten_tomatoes", "bbc_news")
+TEXT_DISTILL_METHODS = ("none", "kd", "dkd")
+
+
+def is_text_run(cfg: DictConfig) -> bool:
+    return str(cfg.data.name) in TEXT_DATASETS
+
+
+def check_modality(cfg: DictConfig) -> None:
+    """Text data with a text model, images with a vision model; what text runs do not support, refused."""
+    text_model = cfg.model.library == "hf" or str(cfg.model.name).startswith("hf/")
+    if is_text_run(cfg) and not text_model:
+        raise ConfigError(f"data={cfg.data.name} is text but model={cfg.model.name} is a vision model; use a text "
+                          "model: model=minilm, or model=hf model.name=<hub id or local folder>")
+    if text_model and not is_text_run(cfg):
+        raise ConfigError(f"model={cfg.model.name} is a text model but data={cfg.data.name} holds images; give it "
+                          f"text data ({', '.join('data=' + d for d in TEXT_DATASETS)}) or use a vision model")
+    if not text_model:
+        return
+    if cfg.adaptation.method != "none" or cfg.data.target is not None or cfg.data.target_root is not None:
+        raise ConfigError("domain adaptation (adaptation=, data.target) works on images only; a text run "
+                          "fine-tunes or distils: drop adaptation= and data.target")
+    if cfg.distill.method not in TEXT_DISTILL_METHODS:
+        raise ConfigError(f"distill={cfg.distill.method} works on images only; text runs take "
+                          f"{' or '.join('distill=' + m for m in TEXT_DISTILL_METHODS[1:])}")
+    teacher_model = str(cfg.distill.get("teacher_model", ""))
+    if cfg.distill.method != "none" and not cfg.distill.get("teacher") and teacher_model != "minilm" \
+            and not teacher_model.startswith("hf/"):
+        raise ConfigError(f"distill.teacher_model={teacher_model} is a vision model; a text run's teacher stage "
+                          "takes distill.teacher_model=minilm or hf/<hub id or folder> (or distill.teacher=<a text "
+                          "run>)")
+    random = random_augmentations(cfg.data.augment)
+    if random:
+        raise ConfigError(f"{', '.join(random)} transform images; a text run takes no data.augment")
+    if cfg.train.get("progressive_resizing"):
+        raise ConfigError("train.progressive_resizing resizes images; drop it for a text run")
+
+
 @dataclass
 class ModelConfig:
     name: str = field(default="mobilenet_v2", metadata={
@@ -48,6 +87,13 @@ class ModelConfig:
     num_layers: Optional[int] = bounded(None, low=1,
                                         help="Text models: keep this many evenly spaced encoder layers of the "
                                              "pretrained model (a smaller KD student); null = all")
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        check_modality(cfg)
+        if cfg.model.num_layers is not None and cfg.model.library != "hf" and not str(cfg.model.name).startswith("hf/"):
+            raise ConfigError(f"model.num_layers is for text models (model=minilm, model=hf); drop it for "
+                              f"model={cfg.model.name}")
 
 
 @dataclass

@@ -307,8 +307,14 @@ class TextDataset(Dataset):
         return torch.from_numpy(self.tokens[index].astype(np.int64)), int(self.images.labels[index])
 
     @staticmethod
-    def collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_batch([ids for ids, _ in items]), torch.as_tensor([label for _, label in items], dtype=torch.int64)
+    def collate(items: list[tuple]) -> tuple[torch.Tensor, ...]:
+        """(ids, label[, index...]) items → (B×L padded ids, labels[, indices...])."""
+        columns = [torch.as_tensor([item[k] for item in items], dtype=torch.int64) for k in range(1, len(items[0]))]
+        return (pad_batch([item[0] for item in items]), *columns)
+
+
+def text_dataset(texts: TextSet, tokenizer: Any, max_length: int, cache_dir: Optional[Path]) -> TextDataset:
+    return TextDataset(texts, tokenize(texts, tokenizer, max_length, cache_dir))
 
 
 def pad_batch(sequences: Sequence[torch.Tensor]) -> torch.Tensor:

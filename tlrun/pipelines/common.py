@@ -139,12 +139,11 @@ def make_loaders(ctx: RunContext, data: RunData, geometry: "ImageGeometry | Text
 def text_loaders(ctx: RunContext, data: RunData, text_input: TextInput) -> Loaders:
     """Token-id loaders: each split tokenised once (cached), batches padded to their longest text."""
     from tlrun.cache import cache_root
-    from tlrun.data.text import TextDataset, tokenize
+    from tlrun.data.text import TextDataset, text_dataset
 
     cfg = ctx.cfg
     workers, pin = cfg.device.num_workers, pin_memory(cfg, ctx.device)
-    sets = {split: TextDataset(data.splits[split], tokenize(data.splits[split], text_input.tokenizer,
-                                                            text_input.max_length, cache_root(cfg)))
+    sets = {split: text_dataset(data.splits[split], text_input.tokenizer, text_input.max_length, cache_root(cfg))
             for split in ("train", "val", "test")}
     return Loaders(
         train=make_loader(sets["train"], cfg.train.batch_size, True, cfg.seed, workers, TextDataset.collate, pin),

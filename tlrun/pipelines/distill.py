@@ -41,6 +41,9 @@ from tlrun.config import random_augmentations
 from tlrun.data.datasets import ImageDataset, in_memory
 from tlrun.data.loaders import PairedBatches, make_loader
 from tlrun.data.sources import ImageSet
+from tlrun.data.text import TextDataset, text_dataset, tokenizer_fingerprint
+from tlrun.config.schema import is_text_run
+from tlrun.models.text import TextInput
 from tlrun.data.splits import RunData, left_out_images, load_run_data
 from tlrun.data.transforms import ImageGeometry, batch_mixer, build_transform
 from tlrun.engine import Engine, FitResult, Placement, StepOutput, TrainStep, hard_labels
@@ -107,15 +110,36 @@ class OnlineTeacher:
 
     mode = "online"
 
-    def __init__(self, teacher: LoadedModel, student_geometry: ImageGeometry, placement: Placement) -> None:
+    def __init__(self, teacher: LoadedModel, student_geometry: "ImageGeometry | TextInput",
+                 placement: Placement) -> None:
         self.model = placement.model(teacher.model).eval().requires_grad_(False)
         self.student_geometry, self.teacher_geometry = student_geometry, teacher.geometry
         self.placement = placement
+        if isinstance(student_geometry, TextInput) and input_key(student_geometry) != input_key(teacher.geometry):
+            raise ConfigError("distill.teacher_logits=online feeds the teacher the student's token ids, but their "
+                              "tokenizers or max_length differ; use distill.teacher_logits=cached (the teacher "
+                              "reads the texts with its own tokenizer)")
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         self.model.eval()  # stays frozen whatever mode the engine puts the student in
         with torch.no_grad():  # runs inside the engine's autocast, like the student's forward pass
+            if isinstance(self.student_geometry, TextInput):
+                return self.model(images).detach()
             return self.model(to_teacher_view(images, self.student_geometry, self.teacher_geometry)).detach()
+
+
+def input_key(geometry: "ImageGeometry | TextInput") -> dict:
+    """What decides the inputs a model reads: the image geometry, or the tokenizer and max_length."""
+    if isinstance(geometry, TextInput):
+        return {"max_length": geometry.max_length, "tokenizer": tokenizer_fingerprint(geometry.tokenizer)}
+    return dict(geometry.__dict__)
+
+
+def teacher_dataset(ctx: RunContext, teacher: LoadedModel, images: ImageSet) -> Dataset:
+    """``images`` (or texts) as the teacher reads them: its own eval transform, or its own tokenizer."""
+    if isinstance(teacher.geometry, TextInput):
+        return text_dataset(images, teacher.geometry.tokenizer, teacher.geometry.max_length, cache_root(ctx.cfg))
+    return ImageDataset(images, build_transform(teacher.geometry, None, train=False))
 
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, training indices) -> logits
@@ -192,11 +216,15 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     cfg = ctx.cfg
     teacher_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     name = cfg.distill.teacher_model
-    if name not in MODEL_DEFAULTS and not is_timm(name):
+    if is_text_run(cfg):  # a text teacher: minilm, or hf/<hub id or folder>
+        teacher_cfg.model = {"name": name[len("hf/"):] if name.startswith("hf/") else name, "weights": "DEFAULT",
+                             "weights_path": None, "library": "hf", "num_layers": None}
+    elif name not in MODEL_DEFAULTS and not is_timm(name):
         raise ConfigError(f"unknown distill.teacher_model '{name}'; use a name that model= accepts "
                           "(timm models as timm/<name>)")
-    teacher_cfg.model = {"name": name, "weights": "DEFAULT", "weights_path": None, "library": "auto",
-                         **MODEL_DEFAULTS.get(name, {})}
+    else:
+        teacher_cfg.model = {"name": name, "weights": "DEFAULT", "weights_path": None, "library": "auto",
+                             **MODEL_DEFAULTS.get(name, {})}
     teacher_cfg.freeze.strategy = cfg.distill.teacher_freeze
     teacher_cfg.train.epochs = cfg.distill.teacher_epochs
     teacher_cfg.train.progress = cfg.train.progress
@@ -214,7 +242,7 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data")} | {"train": recipe}
                  | {"images": {split: images_digest(images) for split, images in data.splits.items()},
                     "seed": cfg.seed, "tlrun": tlrun.__version__})
-    stage_dir = cache_root(ctx.cfg) / "teachers" / f"{name}-{key}"
+    stage_dir = cache_root(ctx.cfg) / "teachers" / f"{Path(name).name}-{key}"
     with locked(stage_dir.with_suffix(".lock")):
         if is_intact(stage_dir / "ft_model.pt", "teacher stage model"):
             log.info("Teacher stage: cache hit, reusing %s", stage_dir)
@@ -261,7 +289,7 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
     transfer, test), cached; never stale: the key covers the teacher weights, the images and the teacher's
     preprocessing."""
     key = digest({"teacher": file_digest(teacher_file), "data": data_name, "images": images_digest(images),
-                   "geometry": teacher.geometry.__dict__})
+                   "geometry": input_key(teacher.geometry)})
     path = cache_root(ctx.cfg) / "teacher_logits" / f"{key}.pt"
     with locked(path.with_suffix(".lock")):
         remove_stale_temp_files(path.parent)
@@ -278,11 +306,12 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
                         len(images), len(teacher.classes))
             remove_entry(path)
         log.info("Teacher logits (%s): computing %d once (cache %s)", set_name, len(images), path.name)
-        dataset = ImageDataset(images, build_transform(teacher.geometry, None, train=False))
+        dataset = teacher_dataset(ctx, teacher, images)
         # A DataLoader iterator draws its base seed from the global RNG: without the fork, a cache miss
         # would shift the student's dropout/augmentation stream and a run would depend on the cache state.
         with torch.random.fork_rng(devices=[]):
-            logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0),
+            logits = predict_logits(teacher.model, make_loader(dataset, ctx.cfg.train.eval_batch_size, False, 0,
+                                                               collate=getattr(dataset, "collate", None)),
                                     ctx.placement)
         save_atomic(logits, path)
         seal(path)
@@ -290,10 +319,14 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, size: int, repeats: int = 30) -> float:
-    """Median batch-1 CPU inference time of a CPU copy of ``model`` (the model itself is left as it is)."""
+def latency_ms(model: nn.Module, geometry: "ImageGeometry | TextInput", repeats: int = 30) -> float:
+    """Median batch-1 CPU inference time of a CPU copy of ``model`` (the model itself is left as it is) on one
+    image of its input size, or one text of max_length tokens."""
     model = copy.deepcopy(model).to("cpu").eval()
-    x = torch.zeros(1, 3, size, size)
+    if isinstance(geometry, TextInput):
+        x = torch.full((1, geometry.max_length), int(getattr(model, "pad_token_id", 0)) + 1, dtype=torch.int64)
+    else:
+        x = torch.zeros(1, 3, geometry.crop_size, geometry.crop_size)
     for _ in range(3):
         model(x)
     times = []
@@ -416,16 +449,24 @@ def fit_kd_student(ctx: RunContext, data: RunData, teacher: LoadedModel, teacher
             transfer_source = CachedTeacher(transfer_logits, ctx.placement)
             logits_cache = logits_cache if logits_cache == transfer_cache else "partial hit"
     loaders = make_loaders(ctx, data, prepared.geometry)
-    train_tf = build_transform(prepared.geometry, augment, train=True)
-    train_images = loaders.train.dataset.images  # decoded once into memory when small enough
-    train_loader: Any = make_loader(Indexed(ImageDataset(train_images, train_tf)), cfg.train.batch_size, True,
-                                    cfg.seed, cfg.device.num_workers, batch_mixer(augment, len(data.classes)))
-    if transfer is not None:
-        transfer = in_memory(transfer, prepared.geometry, cfg.data.in_memory_max_mb, cfg.device.num_workers, "transfer")
+    if isinstance(prepared.geometry, TextInput):  # the student's own token ids (tokenised once, cached)
+        train_set: Dataset = loaders.train.dataset
+        transfer_set = text_dataset(transfer, prepared.geometry.tokenizer, prepared.geometry.max_length,
+                                    cache_root(cfg)) if transfer is not None else None
+        collate, mixer = TextDataset.collate, None
+    else:
+        train_tf = build_transform(prepared.geometry, augment, train=True)
+        train_set = ImageDataset(loaders.train.dataset.images, train_tf)  # decoded once into memory when small
+        transfer_set = ImageDataset(in_memory(transfer, prepared.geometry, cfg.data.in_memory_max_mb,
+                                              cfg.device.num_workers, "transfer"), train_tf) \
+            if transfer is not None else None
+        collate, mixer = None, batch_mixer(augment, len(data.classes))
+    train_loader: Any = make_loader(Indexed(train_set), cfg.train.batch_size, True, cfg.seed, cfg.device.num_workers,
+                                    mixer or collate)
+    if transfer_set is not None:
         # An epoch is one pass over the longer of the two sets; the shorter one is cycled.
-        train_loader = PairedBatches(train_loader, make_loader(Indexed(ImageDataset(transfer, train_tf)),
-                                                               cfg.train.batch_size, True, cfg.seed + 1,
-                                                               cfg.device.num_workers))
+        train_loader = PairedBatches(train_loader, make_loader(Indexed(transfer_set), cfg.train.batch_size, True,
+                                                               cfg.seed + 1, cfg.device.num_workers, collate))
     # After the teacher-logit passes: a pre-stage's feature hooks stop the teacher's forward at its layer.
     pre_stage = loss.pre_stage(prepared.model, prepared.geometry, teacher, ctx.placement) \
         if isinstance(loss, DistillationLoss) else None
@@ -480,7 +521,7 @@ def run_kd(ctx: RunContext) -> dict:
         **student.method_metrics,
     })
     if cfg.distill.get("latency"):  # after the run's own results, on copies: training never pays for it
-        metrics.update(latency_ms_teacher=latency_ms(teacher.model, teacher.geometry.crop_size),
-                       latency_ms_student=latency_ms(prepared.model, prepared.geometry.crop_size))
+        metrics.update(latency_ms_teacher=latency_ms(teacher.model, teacher.geometry),
+                       latency_ms_student=latency_ms(prepared.model, prepared.geometry))
     write_run_artifacts(ctx, metrics, test, data.classes, history=fit.history, data=data)
     return metrics
