@@ -34,11 +34,11 @@ from tlrun.config import register_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-MAX_README_LINES = 450
+MAX_README_LINES = 460
 
 PLACEHOLDERS = ("PATH", "<", ">", "...", "$")
 DOWNLOAD_DATA = {"mnist", "mnist_m", "cifar10", "cifar100", "svhn", "usps", "kmnist", "emnist_digits"}
-OFFLINE_MODELS = {"mobilenet_v2", "efficientnet_lite0", "lenet", "small_resnet", "conv4"}
+OFFLINE_MODELS = {"mobilenet_v2", "efficientnet_lite0", "lenet", "small_resnet", "conv4", "minilm"}
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 

@@ -114,8 +114,8 @@ def probe_sizes(model: nn.Module, blocks: list[str], image_size: int) -> dict[st
 
 def declared_stage_ends(model: nn.Module) -> list[str]:
     """Modules that end the model's own feature levels (timm's ``feature_info``; a text model's
-    ``stage_ends``: embeddings, then each encoder layer), in forward order."""
-    declared = getattr(model, "stage_ends", None)
+    ``tlrun_stage_ends``: embeddings, then each encoder layer), in forward order."""
+    declared = getattr(model, "tlrun_stage_ends", None)
     if isinstance(declared, list) and declared:
         return list(declared)
     info = getattr(model, "feature_info", None)

@@ -69,7 +69,7 @@ def run_tfidf(data: str, seed: int, run_dir: Path) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from tlrun.config import compose_config
+    from tlrun.cli import compose_config
     from tlrun.data.splits import SPLITS, load_run_data
 
     cfg = compose_config([f"data={data}", "model=minilm", *COMMON, *DATASETS[data], f"seed={seed}"])
@@ -97,8 +97,10 @@ def run_tfidf(data: str, seed: int, run_dir: Path) -> dict:
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     summary = rows.groupby(["data", "method"], sort=False).agg(
         test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"), seeds=("seed", "count"),
+        best_val_acc_mean=("best_val_acc", "mean"), last_val_acc_mean=("last_val_acc", "mean"),
         wall_time_s_mean=("wall_time_s", "mean"), params_trainable=("params_trainable", "first")).reset_index()
-    return summary.round({"test_acc_mean": 4, "test_acc_std": 4, "wall_time_s_mean": 1})
+    return summary.round({"test_acc_mean": 4, "test_acc_std": 4, "best_val_acc_mean": 4, "last_val_acc_mean": 4,
+                          "wall_time_s_mean": 1})
 
 
 def main() -> int:

@@ -240,7 +240,13 @@ def load_bbc_news(request: DataRequest) -> SourceData:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """What decides a tokenizer's ids: its full serialised definition (fast tokenizers) or its vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # Truncation and padding are call settings the backend keeps from its last call, not its definition.
+        spec.pop("truncation", None), spec.pop("padding", None)
+        definition = json.dumps(spec, sort_keys=True)
+    else:
+        definition = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = [type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None)]
     return hashlib.sha256((definition + json.dumps(extra, default=str)).encode()).hexdigest()[:20]
 

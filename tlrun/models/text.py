@@ -68,7 +68,7 @@ class TextClassifier(nn.Module):
         layers_name, _ = encoder_layers(base)
         embeddings = [f"hf.{base_name}.{name}" for name, _ in base.named_children() if "embed" in name]
         # Freeze stages end at these modules (tlrun.freeze.declared_stage_ends).
-        self.stage_ends = embeddings[:1] + [f"hf.{base_name}.{layers_name}.{i}"
+        self.tlrun_stage_ends = embeddings[:1] + [f"hf.{base_name}.{layers_name}.{i}"
                                             for i in range(len(base.get_submodule(layers_name)))]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,9 @@ def build_text_model(name: str, num_classes: int, weights: Optional[str], num_la
                 if weights != "DEFAULT":
                     raise ConfigError(f"model.weights={weights} for a text model: use DEFAULT (the checkpoint's own "
                                       "weights) or null (random init)")
-                hf_model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_classes)
+                # A checkpoint fine-tuned with another class count keeps its encoder; its head is new anyway.
+                hf_model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_classes,
+                                                                              ignore_mismatched_sizes=True)
                 origin = "package " + MINILM_PACKAGE if name == MINILM else \
                     ("folder " + source if Path(source).is_dir() else "hub")
         except (OSError, ValueError) as exc:

@@ -319,14 +319,15 @@ def teacher_logits_of(ctx: RunContext, teacher: LoadedModel, teacher_file: Path,
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, geometry: "ImageGeometry | TextInput", repeats: int = 30) -> float:
+def latency_ms(model: nn.Module, geometry: "int | ImageGeometry | TextInput", repeats: int = 30) -> float:
     """Median batch-1 CPU inference time of a CPU copy of ``model`` (the model itself is left as it is) on one
-    image of its input size, or one text of max_length tokens."""
+    image of its input size (a geometry or a side in pixels), or one text of max_length tokens."""
     model = copy.deepcopy(model).to("cpu").eval()
     if isinstance(geometry, TextInput):
         x = torch.full((1, geometry.max_length), int(getattr(model, "pad_token_id", 0)) + 1, dtype=torch.int64)
     else:
-        x = torch.zeros(1, 3, geometry.crop_size, geometry.crop_size)
+        side = geometry if isinstance(geometry, int) else geometry.crop_size
+        x = torch.zeros(1, 3, side, side)
     for _ in range(3):
         model(x)
     times = []
