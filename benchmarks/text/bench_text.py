@@ -3,13 +3,15 @@
 TF-IDF + logistic regression, on the same splits, 3 seeds, accuracy and wall time.
 
     python benchmarks/text/bench_text.py [--data rotten_tomatoes,bbc_news] [--seeds 0,1,2]
-                                         [--strategies all,partial,discriminative] [--out DIR]
+                                         [--strategies all,partial,discriminative] [--pooling auto|cls|mean]
+                                         [--out DIR]
 
 Each MiniLM cell is a normal `tlrun model=minilm data=<set> freeze=<strategy>` run under --out (re-running
 the script reuses finished runs). The baseline reads the run's own train/val/test split (split.csv, checked
 sample by sample), fits TfidfVectorizer (word 1-2-grams, sublinear tf) + LogisticRegression with C chosen on
 the val split, and is scored on the same test split. Writes bench_text.csv (one row per cell and seed) and
 bench_text_summary.csv (mean ± std per cell) in --out (default: benchmarks/text/results/, committed).
+--pooling is model.pooling (auto: MiniLM's mean pooling; cls: BERT's pooler on the [CLS] token).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def run_minilm(data: str, strategy: str, seed: int, args: argparse.Namespace) ->
     run_dir = args.out / "runs" / data / strategy / f"seed{seed}"
     if not (run_dir / "metrics.json").is_file():
         command = [sys.executable, "-m", "tlrun", f"data={data}", *COMMON, *DATASETS[data], *STRATEGIES[strategy],
-                   f"seed={seed}", f"device.threads={args.threads}", f"hydra.run.dir={run_dir}"]
+                   f"seed={seed}", f"model.pooling={args.pooling}", f"device.threads={args.threads}",
+                   f"hydra.run.dir={run_dir}"]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -108,6 +111,7 @@ def main() -> int:
     parser.add_argument("--data", default=",".join(DATASETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()

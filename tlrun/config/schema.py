@@ -87,12 +87,21 @@ class ModelConfig:
     num_layers: Optional[int] = bounded(None, low=1,
                                         help="Text models: keep this many evenly spaced encoder layers of the "
                                              "pretrained model (a smaller KD student); null = all")
+    pooling: str = choice("auto", ("auto", "cls", "mean"),
+                          help="Text models: what the head reads: cls (the architecture's own head on the [CLS] "
+                               "token, BERT's pooler), mean (the mean of the last layer over the real tokens, as "
+                               "sentence-transformers models are trained), auto (mean when the model folder says "
+                               "so in its sentence-transformers modules.json, e.g. model=minilm; else cls)")
 
     @staticmethod
     def check(cfg: DictConfig) -> None:
         check_modality(cfg)
-        if cfg.model.num_layers is not None and cfg.model.library != "hf" and not str(cfg.model.name).startswith("hf/"):
+        text_model = cfg.model.library == "hf" or str(cfg.model.name).startswith("hf/")
+        if cfg.model.num_layers is not None and not text_model:
             raise ConfigError(f"model.num_layers is for text models (model=minilm, model=hf); drop it for "
+                              f"model={cfg.model.name}")
+        if cfg.model.get("pooling", "auto") != "auto" and not text_model:
+            raise ConfigError(f"model.pooling is for text models (model=minilm, model=hf); drop it for "
                               f"model={cfg.model.name}")
 
 

@@ -218,15 +218,16 @@ def build_source_model(name: str, weights: Optional[str] = "DEFAULT",
 
 
 def build_model(name: str, num_classes: int, weights: Optional[str] = "DEFAULT",
-                weights_path: Optional[str] = None, num_layers: Optional[int] = None) -> BuiltModel:
+                weights_path: Optional[str] = None, num_layers: Optional[int] = None,
+                pooling: str = "auto") -> BuiltModel:
     """Build ``name`` with resolved pretrained weights and a new ``num_classes`` head (a text model's
-    ``num_layers``: how many of its encoder layers to keep)."""
+    ``num_layers``: how many of its encoder layers to keep; ``pooling``: what its head reads)."""
     from tlrun.models import text
 
     if text.is_text_model(name):
         if weights_path:
             raise ConfigError("model.weights_path is for vision models; give a text model's folder as model.name")
-        return text.build_text_model(name[len(text.PREFIX):], num_classes, weights, num_layers)
+        return text.build_text_model(name[len(text.PREFIX):], num_classes, weights, num_layers, pooling)
     if num_layers:
         raise ConfigError(f"model.num_layers is for text models (model=minilm, model=hf); {name} does not take it")
     built = build_source_model(name, weights, weights_path)

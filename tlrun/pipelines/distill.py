@@ -218,7 +218,8 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     name = cfg.distill.teacher_model
     if is_text_run(cfg):  # a text teacher: minilm, or hf/<hub id or folder>
         teacher_cfg.model = {"name": name[len("hf/"):] if name.startswith("hf/") else name, "weights": "DEFAULT",
-                             "weights_path": None, "library": "hf", "num_layers": None}
+                             "weights_path": None, "library": "hf", "num_layers": None,
+                             "pooling": "auto"}  # the teacher's own folder decides; model.pooling is the student's
     elif name not in MODEL_DEFAULTS and not is_timm(name):
         raise ConfigError(f"unknown distill.teacher_model '{name}'; use a name that model= accepts "
                           "(timm models as timm/<name>)")
