@@ -17,6 +17,7 @@ longest text (dynamic padding) with ``PAD`` (-1), which the model turns into its
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import json
@@ -126,7 +127,10 @@ def read_table(path: Path, encoding: str = "utf-8") -> "Any":
             frame = pd.read_json(io.StringIO(raw), lines=True, dtype=False)
             frame = frame.astype(object).where(frame.notna(), "").astype(str)
         else:
-            frame = pd.read_csv(io.StringIO(raw), sep=TEXT_SUFFIXES[suffix], dtype=str, keep_default_na=False)
+            # TSV has no quoting (a text may start with "); CSV keeps its standard quoting.
+            quoting = csv.QUOTE_NONE if TEXT_SUFFIXES[suffix] == "\t" else csv.QUOTE_MINIMAL
+            frame = pd.read_csv(io.StringIO(raw), sep=TEXT_SUFFIXES[suffix], dtype=str, keep_default_na=False,
+                                quoting=quoting)
     except (ValueError, pd.errors.ParserError) as exc:
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot parse {path} as {suffix[1:].upper()} ({reason}); fix the file") from None
@@ -247,7 +251,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         definition = json.dumps(spec, sort_keys=True)
     else:
         definition = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    extra = [type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None)]
+    extra = [type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None),
+             getattr(tokenizer, "truncation_side", None), getattr(tokenizer, "padding_side", None)]
     return hashlib.sha256((definition + json.dumps(extra, default=str)).encode()).hexdigest()[:20]
 
 
