@@ -109,6 +109,11 @@ def test_tsv_and_jsonl_read_like_csv_and_numeric_labels_sort_numerically(tmp_pat
         assert source.classes == ["2", "10"]
         assert source.parts["all"].texts == frame["text"].tolist()
         assert source.parts["all"].labels.tolist() == [1, 0, 0, 1]
+    # TSV has no quoting: a text that starts with a quote stays one row (a CSV reader would merge rows).
+    (tmp_path / "b.tsv").write_text('text\tlabel\n"Great movie\tpos\nbad one\tneg\nfine\tpos\nawful\tneg\n')
+    source = read_labelled_file(tmp_path / "b.tsv", "text", "label")
+    assert source.parts["all"].texts == ['"Great movie', "bad one", "fine", "awful"]
+    assert source.parts["all"].labels.tolist() == [1, 0, 1, 0]
 
 
 def test_the_offline_text_datasets_load_as_documented():
@@ -217,6 +222,18 @@ def test_discriminative_gives_each_encoder_layer_its_own_lr(tmp_path: Path, tiny
     assert [g["stage"] for g in groups] == [0, 1, 2, 3]
     assert [g["initial_lr"] for g in groups] == pytest.approx([1e-2 / 8, 1e-2 / 4, 1e-2 / 2, 1e-2])
     assert read_metrics(tmp_path / "run")["freeze_stages"] == 3
+
+
+def test_a_max_length_beyond_the_position_embeddings_is_refused(tmp_path: Path, tiny_encoder: Path, reviews: Path):
+    result = run_tlrun([*text_run(tiny_encoder, reviews, "data.max_length=65")], tmp_path)  # 64 positions
+    assert_one_line_error(result, "data.max_length=65 but this model reads at most 64 tokens", "data.max_length=64")
+    assert result.returncode == 2 and not (tmp_path / "outputs").exists()
+
+
+def test_a_text_set_as_an_image_run_s_target_is_refused(tmp_path: Path):
+    result = run_tlrun(["adaptation=mmd", "data=digits", "data.target=bbc_news", "model=lenet", *TINY], tmp_path)
+    assert_one_line_error(result, "data.target=bbc_news is a text set", "image dataset")
+    assert result.returncode == 2 and not (tmp_path / "outputs").exists()
 
 
 def test_an_unreachable_hub_model_is_one_line_naming_the_fixes(tmp_path: Path, reviews: Path):

@@ -47,6 +47,9 @@ def check_modality(cfg: DictConfig) -> None:
     if text_model and not is_text_run(cfg):
         raise ConfigError(f"model={cfg.model.name} is a text model but data={cfg.data.name} holds images; give it "
                           f"text data ({', '.join('data=' + d for d in TEXT_DATASETS)}) or use a vision model")
+    if cfg.data.get("target") in TEXT_DATASETS:
+        raise ConfigError(f"data.target={cfg.data.target} is a text set; domain adaptation works on images only: "
+                          "give an image dataset as data.target")
     if not text_model:
         return
     if cfg.adaptation.method != "none" or cfg.data.target is not None or cfg.data.target_root is not None:

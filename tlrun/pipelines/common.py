@@ -96,8 +96,21 @@ def input_of(built: BuiltModel, data_cfg: DictConfig) -> "ImageGeometry | TextIn
     """What the model reads: a text model's tokenizer and data.max_length, else the image geometry."""
     tokenizer = getattr(built, "tokenizer", None)
     if tokenizer is not None:
-        return TextInput(int(data_cfg.max_length), tokenizer, built.tokenizer_files)  # type: ignore[attr-defined]
+        max_length, limit = int(data_cfg.max_length), text_length_limit(built.model, tokenizer)
+        if limit is not None and max_length > limit:
+            raise ConfigError(f"data.max_length={max_length} but this model reads at most {limit} tokens (its "
+                              f"position embeddings); use data.max_length={limit} or less")
+        return TextInput(max_length, tokenizer, built.tokenizer_files)  # type: ignore[attr-defined]
     return ImageGeometry.resolve(built.preprocess, data_cfg)
+
+
+def text_length_limit(model: nn.Module, tokenizer: Any) -> Optional[int]:
+    """The longest input a text model takes: the smaller of its config's max_position_embeddings and its
+    tokenizer's model_max_length (which knows RoBERTa's position offset; unset, it is a huge sentinel)."""
+    positions = getattr(getattr(getattr(model, "hf", None), "config", None), "max_position_embeddings", None)
+    declared = getattr(tokenizer, "model_max_length", None)
+    limits = [int(v) for v in (positions, declared) if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(limits) if limits else None
 
 
 def make_optimizer(train_cfg: DictConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
