@@ -265,7 +265,7 @@ def cached_features(cfg: DictConfig, model: nn.Module, cut: Cut, dataset: ImageD
     features: Any = torch.from_numpy(np.array(stored)) if in_memory else stored
     info = {"status": status, "storage": "memory" if in_memory else "disk", "mb": round(stored.nbytes / 2**20, 1),
             "seconds": round(time.perf_counter() - started, 2), "file": str(path)}
-    log.info("Feature cache %s for %d %s images (%s, %.1f MB, %.1f s): %s", status, len(dataset), split,
+    log.info("Feature cache %s for %d %s samples (%s, %.1f MB, %.1f s): %s", status, len(dataset), split,
              info["storage"], info["mb"], info["seconds"], path.name)
     return features, info
 
