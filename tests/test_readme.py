@@ -34,7 +34,7 @@ from tlrun.config import register_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-MAX_README_LINES = 460
+MAX_README_LINES = 455
 
 PLACEHOLDERS = ("PATH", "<", ">", "...", "$")
 DOWNLOAD_DATA = {"mnist", "mnist_m", "cifar10", "cifar100", "svhn", "usps", "kmnist", "emnist_digits"}
