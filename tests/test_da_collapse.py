@@ -67,6 +67,25 @@ def test_colour_digits_writes_a_seeded_image_folder_of_the_ten_digits(tmp_path: 
     assert {Image.open(p).size for p in small.rglob("*.png")} == {(20, 20)}
 
 
+def test_colour_digits_on_photos_are_the_same_digits_blended_into_photo_patches(tmp_path: Path):
+    """--on-photos: the MNIST-M blend |patch - luma| of the images the same seed draws without photos."""
+    from tlrun.data.domains import load_photos, photo_pool, photo_scale, sample_patches
+
+    generator = load_generator()
+    plain = generator.make_colour_digits(tmp_path / "plain", per_class=2, seed=3, digits=(5, 8))
+    blended = generator.make_colour_digits(tmp_path / "m", per_class=2, seed=3, digits=(5, 8), on_photos=True)
+    assert digests(blended) == digests(generator.make_colour_digits(tmp_path / "m2", per_class=2, seed=3,
+                                                                    digits=(5, 8), on_photos=True))
+    photos = load_photos(photo_pool(), photo_scale(32, 32))
+    rng = np.random.default_rng([3, 1])  # the blend's own stream: one patch per image, in writing order
+    for name in sorted(digests(plain), key=lambda n: (n.split("/")[0], n)):
+        luma = np.asarray(Image.open(plain / name).convert("L"), dtype=np.int16)
+        patch = sample_patches(rng, photos, 1, 32, 32)[0].astype(np.int16)
+        image = Image.open(blended / name)
+        assert image.mode == "RGB" and image.size == (32, 32)
+        assert np.array_equal(np.asarray(image), np.abs(patch - luma[..., None]).astype(np.uint8)), name
+
+
 def run(tmp_path: Path, name: str, root: Path, *extra: str) -> tuple[dict, pd.DataFrame, str, str]:
     run_dir = tmp_path / name
     result = run_tlrun([*RECIPE, f"data.root={root}", *extra, f"hydra.run.dir={run_dir}"], tmp_path)

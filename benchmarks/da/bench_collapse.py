@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Alignment collapse benchmark: source-only, DANN and MMD with the source warm-up off and at its default.
 
-    python benchmarks/da/bench_collapse.py [--seeds 0,1,2] [--epochs 12] [--per-class 300] [--jobs 2] [--out DIR]
+    python benchmarks/da/bench_collapse.py [--targets cvdigits,colour_digits_m] [--seeds 0,1,2] [--epochs 12]
+        [--per-class 300] [--jobs 2] [--out DIR]
 
-Source: 3,000 synthetic colour digits (benchmarks/da/colour_digits.py, written once under --out); target:
-cvdigits (OpenCV's handwritten digits). The recipe of the collapse report: LeNet at 32 px, Adam lr 1e-3
-(constant, no weight decay), 12 epochs, every other setting at its default (DANN: the 1024x1024 BatchNorm
-discriminator on the pooled features). ``off`` is adaptation.warmup_epochs=0 adaptation.warmup_source_acc=0
-(alignment from the first step); ``default`` leaves both at their defaults. Source-only has no warm-up, so it
-runs once per seed. Writes bench_collapse.csv (one row per run) beside the run folders' parent
-(default: benchmarks/da/results/) and prints the summary table; rerunning with the same --out reuses
+Source: 3,000 synthetic colour digits (benchmarks/da/colour_digits.py, written once under --out). Targets:
+cvdigits (OpenCV's handwritten digits: another glyph style) and colour_digits_m (3,000 other colour digits
+blended into photo patches, the MNIST-M construction: the same glyphs on another texture). The recipe of the
+collapse report: LeNet at 32 px, Adam lr 1e-3 (constant, no weight decay), 12 epochs, every other setting at
+its default (DANN: the 1024x1024 BatchNorm discriminator on the pooled features). ``off`` is
+adaptation.warmup_epochs=0 adaptation.warmup_source_acc=0 (alignment from the first step); ``default`` leaves
+both at their defaults; ``dann_lambda0`` is DANN with adaptation.weight=0 (no domain loss, but BatchNorm over
+the joint source + target batch, which the adapted runs have during their warm-up). Source-only has no
+warm-up, so it runs once per seed. Writes bench_collapse.csv (one row per run) beside the run folders'
+parent (default: benchmarks/da/results/) and prints the summary table; rerunning with the same --out reuses
 finished cells.
 """
 
@@ -32,15 +36,30 @@ from colour_digits import make_colour_digits  # noqa: E402
 
 from tlrun.report import markdown_table  # noqa: E402
 
-RECIPE = ["data=imagefolder", "data.target=cvdigits", "model=lenet", "data.image_size=32", "train.optimizer=adam",
+RECIPE = ["data=imagefolder", "model=lenet", "data.image_size=32", "train.optimizer=adam",
           "train.lr=1e-3", "train.weight_decay=0", "train.scheduler=none", "train.progress=none", "device=cpu",
           "device.threads=1"]
 WARMUP_OFF = ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
-CELLS = (("source_only", "none"), ("dann", "off"), ("dann", "default"), ("mmd", "off"), ("mmd", "default"))
+CELLS = (("source_only", "none"), ("dann", "off"), ("dann", "default"), ("mmd", "off"), ("mmd", "default"),
+         ("dann_lambda0", "none"))
+METHOD_ARGS = {"source_only": ["adaptation=none"], "dann": ["adaptation=dann"], "mmd": ["adaptation=mmd"],
+               "dann_lambda0": ["adaptation=dann", "adaptation.weight=0"]}
+TARGETS = ("cvdigits", "colour_digits_m")
 
 
-def command(root: Path, method: str, warmup: str, seed: int, epochs: int, run_dir: Path) -> list[str]:
-    args = [f"data.root={root}", f"adaptation={'none' if method == 'source_only' else method}"]
+def target_args(target: str, base: Path, per_class: int) -> list[str]:
+    """The data.target keys of a target domain; colour_digits_m is written under ``base`` once."""
+    if target != "colour_digits_m":
+        return [f"data.target={target}"]
+    root = base / f"colour_digits_m_{per_class}"
+    if not (root / "9").is_dir() or len(list((root / "9").glob("*.png"))) != per_class:
+        make_colour_digits(root, per_class=per_class, seed=1, on_photos=True)  # seed 1: other digits than the source's
+    return ["data.target=imagefolder", f"data.target_root={root}"]
+
+
+def command(root: Path, target: list[str], method: str, warmup: str, seed: int, epochs: int,
+            run_dir: Path) -> list[str]:
+    args = [f"data.root={root}", *target, *METHOD_ARGS[method]]
     if warmup == "off":
         args += WARMUP_OFF
     return [sys.executable, "-m", "tlrun", *RECIPE, *args, f"train.epochs={epochs}", f"seed={seed}",
@@ -53,7 +72,7 @@ def finished(run_dir: Path) -> bool:
 
 
 def run_one(job: dict) -> dict:
-    row = {k: job[k] for k in ("method", "warmup", "seed")}
+    row = {k: job[k] for k in ("target", "method", "warmup", "seed")}
     run_dir = job["run_dir"]
     started = time.perf_counter()
     if not finished(run_dir):
@@ -83,22 +102,24 @@ def run_one(job: dict) -> dict:
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     ok = runs[runs["status"] == "ok"]
     rows = []
-    for (method, warmup), group in ok.groupby(["method", "warmup"], sort=False):
+    for (target, method, warmup), group in ok.groupby(["target", "method", "warmup"], sort=False):
         def pct(column: str) -> str:
             return f"{100 * group[column].mean():.1f} ± {100 * group[column].std():.1f}"
 
-        starts = group["alignment_start_epoch"].dropna().astype(int).astype(str)
-        rows.append({"method": method, "warm-up": warmup, "seeds": len(group),
+        aligned = method in ("dann", "mmd")  # dann_lambda0's warm-up ends too, but its weight stays 0
+        starts = group["alignment_start_epoch"].dropna().astype(int).astype(str) if aligned else []
+        rows.append({"target": target, "method": method, "warm-up": warmup, "seeds": len(group),
                      "target acc (best)": pct("target_acc"), "target acc (last)": pct("target_acc_last"),
                      "source test (best)": pct("source_test_acc"), "source val (last)": pct("source_val_acc_last"),
                      "alignment starts": ", ".join(starts) if len(starts) else "-",
                      "collapsed": f"{int(group['collapsed'].fillna(False).astype(bool).sum())}/{len(group)}"
-                     if method != "source_only" else "-"})
+                     if aligned else "-"})
     return pd.DataFrame(rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default=",".join(TARGETS), help="target domains, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--per-class", type=int, default=300, help="source images per digit")
@@ -110,9 +131,14 @@ def main() -> int:
     root = base / f"colour_digits_{args.per_class}"
     if not (root / "9").is_dir() or len(list((root / "9").glob("*.png"))) != args.per_class:
         make_colour_digits(root, per_class=args.per_class, seed=0)
-    jobs = [{"method": method, "warmup": warmup, "seed": seed, "run_dir": base / f"{method}-{warmup}-s{seed}",
-             "command": command(root, method, warmup, seed, args.epochs, base / f"{method}-{warmup}-s{seed}")}
-            for seed in map(int, args.seeds.split(",")) for method, warmup in CELLS]
+    jobs = []
+    for target in args.targets.split(","):
+        keys = target_args(target, base, args.per_class)
+        for seed in map(int, args.seeds.split(",")):
+            for method, warmup in CELLS:
+                run_dir = base / target / f"{method}-{warmup}-s{seed}"
+                jobs.append({"target": target, "method": method, "warmup": warmup, "seed": seed, "run_dir": run_dir,
+                             "command": command(root, keys, method, warmup, seed, args.epochs, run_dir)})
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = pd.DataFrame(list(pool.map(run_one, jobs)))
@@ -122,7 +148,8 @@ def main() -> int:
     print(f"{len(runs)} runs, {time.perf_counter() - started:.0f} s, {args.jobs} in parallel; runs in {base}")
     failed = runs[runs["status"] != "ok"]
     for _, row in failed.iterrows():
-        print(f"FAILED {row['method']} warm-up {row['warmup']} seed {row['seed']}: {row['status']}", file=sys.stderr)
+        print(f"FAILED {row['target']} {row['method']} warm-up {row['warmup']} seed {row['seed']}: {row['status']}",
+              file=sys.stderr)
     print(markdown_table(summarize(runs)))
     return 0 if failed.empty else 1
 

@@ -4,7 +4,8 @@ Each image is one digit 0-9 typed in a random TrueType font (the DejaVu family w
 built-in font) at a random size, position and rotation, in a random foreground colour on a random background
 colour of limited contrast, with Gaussian pixel noise. Colour, font, pose and noise carry no label, so a
 network from scratch sits on a chance-level plateau for a while before it finds the glyph shapes; the target,
-grey handwriting, shares only the shapes. Written as an image folder ``<root>/<digit>/<digit>_<i>.png``
+grey handwriting, shares only the shapes; ``--on-photos`` gives the MNIST-M-style target of the same kind of
+digits (blended into photo patches), which shares the glyphs and not the colours. Written as an image folder ``<root>/<digit>/<digit>_<i>.png``
 (``data=imagefolder data.root=<root>``).
 
     python benchmarks/da/colour_digits.py OUT [--per-class 300] [--size 32] [--seed 0]
@@ -67,21 +68,44 @@ def render_digit(digit: int, rng: np.random.Generator, fonts: Sequence[Optional[
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+class PhotoBlend:
+    """The MNIST-M construction (tlrun.data.domains, the DANN paper's Sec. 5.2.2) for rendered digits: the
+    image's luma ``d`` blended with a random crop ``p`` of a real colour photo as ``|p - d|`` per channel."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        from tlrun.data.domains import load_photos, photo_pool, photo_scale
+
+        self.photos = load_photos(photo_pool(), photo_scale(size, size))
+        self.size, self.rng = size, rng
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from tlrun.data.domains import blend, sample_patches
+
+        grey = np.asarray(image.convert("L"))[None]
+        patch = sample_patches(self.rng, self.photos, 1, self.size, self.size)
+        return Image.fromarray(blend(grey, patch)[0].transpose(1, 2, 0))
+
+
 def make_colour_digits(root: Path | str, per_class: int = 300, size: int = 32, seed: int = 0,
                        fonts: Optional[Sequence[str]] = None, digits: Sequence[int] = tuple(range(10)),
                        noise: float = 12.0, contrast: tuple[float, float] = (0.25, 0.6),
-                       rotation: float = 25.0) -> Path:
+                       rotation: float = 25.0, on_photos: bool = False) -> Path:
     """Write ``per_class`` images of each of ``digits`` to ``root/<digit>/`` (seeded: the same call, the same
-    files). The defaults are the benchmark's source; see :func:`render_digit` for the difficulty knobs."""
+    files). The defaults are the benchmark's source; see :func:`render_digit` for the difficulty knobs.
+    ``on_photos`` blends each image into a photo patch (:class:`PhotoBlend`): the MNIST-M-style target of
+    the same digits, whose shift from the source is texture and colour, not glyph shape."""
     root = Path(root)
     fonts = list(fonts) if fonts is not None else find_fonts()
     choices: list[Optional[str]] = fonts or [None]  # None: Pillow's built-in (scalable) font
     rng = np.random.default_rng(seed)
+    # Its own stream, so the digits drawn are those of the same seed without photos.
+    photo_blend = PhotoBlend(size, np.random.default_rng([seed, 1])) if on_photos else None
     for digit in digits:
         folder = root / str(digit)
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            render_digit(digit, rng, choices, size, noise, contrast, rotation).save(folder / f"{digit}_{i:04d}.png")
+            image = render_digit(digit, rng, choices, size, noise, contrast, rotation)
+            (photo_blend(image) if photo_blend else image).save(folder / f"{digit}_{i:04d}.png")
     return root
 
 
@@ -91,8 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--per-class", type=int, default=300, help="images per digit (300: 3,000 in all)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--on-photos", action="store_true", help="blend each digit into a photo patch (MNIST-M)")
     args = parser.parse_args(argv)
-    make_colour_digits(args.out, args.per_class, args.size, args.seed)
+    make_colour_digits(args.out, args.per_class, args.size, args.seed, on_photos=args.on_photos)
     print(f"{10 * args.per_class} images of {args.size} px in {args.out} ({len(find_fonts()) or 'built-in'} fonts)")
     return 0
 
