@@ -114,3 +114,9 @@ def test_aligning_from_the_first_step_collapses_and_the_default_warm_up_does_not
     assert metrics["alignment_start_epoch"] is not None and metrics["alignment_start_epoch"] <= 9
     assert "Source warm-up done" in log
     assert metrics["source_test_acc"] > chance + 0.3 and history["train_acc"].iloc[-1] > chance + 0.3
+    # A warm-up epoch is a source-only epoch (the target batch kept out of the network, BatchNorm included).
+    _, source_only, _, _ = run(tmp_path, "source_only", root, "adaptation=none")
+    warmup = metrics["alignment_start_epoch"] - 1
+    columns = ["train_loss", "train_acc", "val_loss", "val_acc", "target_acc"]
+    pd.testing.assert_frame_equal(history[columns].iloc[:warmup], source_only[columns].iloc[:warmup])
+    assert history["mmd_loss"].iloc[:warmup].eq(0).all() and history["lambda"].iloc[:warmup].eq(0).all()

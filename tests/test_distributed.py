@@ -119,8 +119,16 @@ def test_the_dann_step_trains_inside_distributed_data_parallel(tmp_path: Path):
                                     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
         method = Dann(OmegaConf.structured(DannConfig(discriminator_width=8)), feature_dim=4, num_classes=3)
         step = AdaptationStep(model, FeatureTap(model, "5"), Placement(torch.device("cpu")), method)
-        parallel = torch.nn.parallel.DistributedDataParallel(step)
+        # As tlrun.distributed.data_parallel wraps it: the warm-up's source-only steps leave the discriminator out.
+        assert step.find_unused_parameters
+        parallel = torch.nn.parallel.DistributedDataParallel(step, find_unused_parameters=step.find_unused_parameters)
         batch = ((torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])), (torch.randn(6, 3, 8, 8), torch.zeros(6)))
+        for _warmup_step in range(2):  # DDP raises at the second step if it waits for unused gradients
+            out = parallel(batch, 0.25)
+            out.loss.backward()
+            assert "domain_acc" not in out.logs and out.logs["lambda"] == 0.0
+            assert all(p.grad is None for p in method.parameters())
+        method.start_progress.fill_(0.0)  # the warm-up is over: the discriminator trains
         out = parallel(batch, 0.5)
         out.loss.backward()
         assert {"domain_loss", "domain_acc", "lambda"} <= set(out.logs)

@@ -13,7 +13,9 @@ source train accuracy covered ``warmup_source_acc`` of the way from chance to 1:
 step, a network that has not yet left its initial plateau reaches the trivial aligned solution (constant
 features: zero MMD, a discriminator at 0.5, chance accuracy on both domains). The trade-off schedule then
 runs over the remaining progress, p' = (p − p₀) / (1 − p₀). The start p₀ is a buffer, so it is
-checkpointed with the method and a resumed run continues the same schedule.
+checkpointed with the method and a resumed run continues the same schedule. Warm-up steps are source-only
+steps: the target batch is not forwarded, so BatchNorm sees the source alone and the warm-up ends at the
+source-only run's pace (the method's diagnostic columns start with the domain loss).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def prediction_entropy(predictions: torch.Tensor) -> torch.Tensor:
     """H(ŷ) = −Σ_c ŷ_c log ŷ_c of each row of (N, C) probabilities, with 0 log 0 = 0 (CDAN+E's and MCC's
     sample weights 1 + exp(−H))."""
     return -torch.special.xlogy(predictions, predictions).sum(dim=1)
+
+
+def last_logged(history: pd.DataFrame, column: str) -> Optional[float]:
+    """A method's column in the last epoch, None when the domain loss never started (warm-up epochs log only
+    the loss, lambda and feature_std)."""
+    if column not in history or history.empty or history[column].isna().iloc[-1]:
+        return None
+    return float(history[column].iloc[-1])
 
 
 @dataclass

@@ -35,7 +35,7 @@ from torch import nn
 
 from tlrun.config.fields import bounded, choice
 from tlrun.methods import ADAPTATION
-from tlrun.methods.alignment import Alignment, DomainBatch, prediction_entropy
+from tlrun.methods.alignment import Alignment, DomainBatch, last_logged, prediction_entropy
 from tlrun.methods.dann import (DannConfig, DomainDiscriminator, GradientReversalLayer,
                                 warn_if_discriminator_collapsed)
 
@@ -185,8 +185,8 @@ class Cdan(Alignment):
 
     def metrics(self, history: pd.DataFrame) -> dict[str, Any]:
         """The state of the adversarial game at the end, and which map the discriminator saw."""
-        return {"domain_acc_last": float(history["domain_acc"].iloc[-1]),
-                "discriminator_active_last": float(history["discriminator_active"].iloc[-1]),
+        return {"domain_acc_last": last_logged(history, "domain_acc"),
+                "discriminator_active_last": last_logged(history, "discriminator_active"),
                 "cdan_map": "randomized" if self.randomized else "multilinear"}
 
     def check_history(self, history: pd.DataFrame) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from tlrun.config.fields import bounded, choice
 from tlrun.config.methods import AlignmentBase
 from tlrun.methods import ADAPTATION
-from tlrun.methods.alignment import Alignment, DomainBatch, dann_lambda
+from tlrun.methods.alignment import Alignment, DomainBatch, dann_lambda, last_logged
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,10 +216,8 @@ COLLAPSED_DISCRIMINATOR = 0.1
 
 def warn_if_discriminator_collapsed(history: pd.DataFrame) -> None:
     """One warning when a ReLU discriminator went silent in the last epoch (see DomainDiscriminator)."""
-    if "discriminator_active" not in history or history.empty:
-        return
-    active = float(history["discriminator_active"].iloc[-1])
-    if active < COLLAPSED_DISCRIMINATOR:
+    active = last_logged(history, "discriminator_active")
+    if active is not None and active < COLLAPSED_DISCRIMINATOR:
         log.warning("The domain discriminator collapsed: %.0f%% of its hidden units fire in the last epoch, so it "
                     "outputs a near-constant and passes almost no gradient to the features (domain_acc near 0.5 here "
                     "is not an equilibrium). Use adaptation.discriminator_activation=leaky_relu or "
@@ -248,8 +246,8 @@ class Dann(Alignment):
 
     def metrics(self, history: pd.DataFrame) -> dict[str, Any]:
         """The state of the adversarial game at the end (label-free)."""
-        return {"domain_acc_last": float(history["domain_acc"].iloc[-1]),
-                "discriminator_active_last": float(history["discriminator_active"].iloc[-1])}
+        return {"domain_acc_last": last_logged(history, "domain_acc"),
+                "discriminator_active_last": last_logged(history, "discriminator_active")}
 
     def check_history(self, history: pd.DataFrame) -> None:
         super().check_history(history)

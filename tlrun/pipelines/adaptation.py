@@ -50,8 +50,10 @@ class AdaptationStep(TrainStep):
 
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
     domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
-    (source-only) the target batch is unused. With ``adaptation.mcc_weight`` > 0 the step also adds
-    that weight x MCC of the target logits (tlrun.methods.mcc), once the method's warm-up is over.
+    (source-only) the target batch is unused, and so it is during the method's source warm-up: a
+    warm-up step is a source-only step (the target kept out of BatchNorm too, which would otherwise slow
+    the source's learning on a distant target and so lengthen the warm-up). With ``adaptation.mcc_weight``
+    > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc) after the warm-up.
     """
 
     def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, method: Optional[Alignment],
@@ -67,15 +69,27 @@ class AdaptationStep(TrainStep):
             from tlrun.methods.mcc import MinimumClassConfusionLoss
 
             self.mcc = MinimumClassConfusionLoss(float(method.cfg.mcc_temperature))
+        # The method's own layers (DANN's discriminator) get no gradient in a warm-up step; DDP must know.
+        self.find_unused_parameters = method is not None and float(method.start_progress) < 0
+
+    def source_step(self, source_images: torch.Tensor, source_labels: torch.Tensor) -> StepOutput:
+        """Cross-entropy on the source batch alone: source-only training, and the method's warm-up."""
+        logits = self.model(source_images)
+        cls_loss = self.criterion(logits, source_labels)
+        logs = {"cls_loss": cls_loss.item()}
+        if self.method is not None:  # the columns the aligned epochs have, at their warm-up values
+            features = self.tap.features if self.align_on == "pooled" else logits
+            logs.update({self.method.loss_name: 0.0, "lambda": 0.0, "feature_std": feature_spread(features)})
+            if self.mcc is not None:
+                logs["mcc_loss"] = 0.0
+        return StepOutput(cls_loss, logits, source_labels, logs)
 
     def forward(self, batch: Any, progress: float) -> StepOutput:
         (source_images, source_labels), (target_images, _unused_target_labels) = batch
         source_images = self.placement.images(source_images)
         source_labels = self.placement.labels(source_labels)
-        if self.method is None:
-            logits = self.model(source_images)
-            cls_loss = self.criterion(logits, source_labels)
-            return StepOutput(cls_loss, logits, source_labels, {"cls_loss": cls_loss.item()})
+        if self.method is None or self.method.aligned_progress(progress) is None:
+            return self.source_step(source_images, source_labels)
         target_images = self.placement.images(target_images)
         count = len(source_images)
         logits_all = self.model(torch.cat([source_images, target_images]))
@@ -84,17 +98,20 @@ class AdaptationStep(TrainStep):
         cls_loss = self.criterion(logits, source_labels)
         domain_loss, stats = self.method(DomainBatch(features[:count], logits),
                                          DomainBatch(features[count:], logits_all[count:]), progress)
-        with torch.no_grad():  # the spread of the source features: -> 0 when alignment collapses them
-            spread = features[:count].float().std(dim=0).mean().item() if count > 1 else float("nan")
-        logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(), "feature_std": spread,
-                **stats}
+        logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(),
+                "feature_std": feature_spread(features[:count]), **stats}
         loss = cls_loss + domain_loss
-        if self.mcc is not None:  # the method's warm-up holds the regulariser back too
-            active = self.method.aligned_progress(progress) is not None
-            mcc_loss = self.mcc_weight * self.mcc(logits_all[count:]) if active else domain_loss.new_zeros(())
+        if self.mcc is not None:
+            mcc_loss = self.mcc_weight * self.mcc(logits_all[count:])
             logs["mcc_loss"] = mcc_loss.item()
             loss = loss + mcc_loss
         return StepOutput(loss, logits, source_labels, logs)
+
+
+def feature_spread(features: torch.Tensor) -> float:
+    """Mean per-dimension std of a batch's source features: -> 0 when alignment collapses them."""
+    with torch.no_grad():
+        return features.float().std(dim=0).mean().item() if len(features) > 1 else float("nan")
 
 
 def build_method(cfg: DictConfig, feature_dim: int, num_classes: int) -> Optional[Alignment]:
