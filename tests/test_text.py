@@ -130,6 +130,30 @@ def test_the_offline_text_datasets_load_as_documented():
     assert all(text.strip() for text in bbc.parts["all"].texts)
 
 
+def test_text_folders_follow_data_encoding_and_a_foreign_csv_is_not_read_as_rotten_tomatoes(tmp_path: Path):
+    from tlrun.data.sources import DataRequest, dataset_builder
+    from tlrun.errors import DataError
+
+    for label, text in (("pos", "caf\xe9 cr\xe8me"), ("neg", "na\xefve \u20ac")):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        (tmp_path / "folder" / label / "a.txt").write_bytes(text.encode("cp1252"))
+
+    def read(encoding: str):
+        request = DataRequest(name="", root=str(tmp_path / "folder"), cache_dir=tmp_path / "cache", encoding=encoding)
+        return dataset_builder("textfolder")(request).parts["all"].texts
+
+    assert read("cp1252") == ["na\xefve \u20ac", "caf\xe9 cr\xe8me"]  # the euro sign is cp1252's, not Latin-1's
+    assert read("utf-8") == ["na\xefve \x80", "caf\xe9 cr\xe8me"]  # the default's Latin-1 fallback
+    with pytest.raises(DataError, match=r"a.txt is not ascii text .*data.encoding="):
+        read("ascii")
+    with pytest.raises(DataError, match="data.encoding=klingon is not a known text encoding"):
+        read("klingon")
+    foreign = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["good", "bad"], "label": ["fresh", "rotten"]}).to_csv(foreign, index=False)
+    with pytest.raises(DataError, match="no column 'text', 'category'.*data=textcsv"):
+        dataset_builder("rotten_tomatoes")(DataRequest(name="", root=str(foreign), cache_dir=tmp_path / "cache"))
+
+
 def test_tokens_are_cached_once_and_a_tampered_entry_is_rebuilt(tmp_path: Path, tiny_encoder: Path):
     from transformers import AutoTokenizer
 
@@ -308,6 +332,21 @@ def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path
     assert table["path"].tolist() == ["line 1", "line 3"] and "true_class" not in table
     table = predict(str(reviews), "--out", str(tmp_path / "p3"))  # the labelled CSV: scored
     assert len(table) == 60 and table["correct"].dtype == bool
+    # data=textfolder's layout: labelled by the class folders, with the CSV's predictions for the same texts.
+    frame = pd.read_csv(reviews)
+    for n, (text, label) in enumerate(zip(frame["review"], frame["sentiment"])):
+        (tmp_path / "folder" / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "folder" / label / f"{n:02d}.txt").write_text(text)
+    by_folder = predict(str(tmp_path / "folder"), "--out", str(tmp_path / "p4"))
+    assert len(by_folder) == 60 and by_folder["correct"].dtype == bool
+    merged = by_folder.merge(table, on="text", suffixes=("", "_csv"))
+    assert (merged["predicted_class"] == merged["predicted_class_csv"]).all()
+    assert (merged["true_class"] == merged["true_class_csv"]).all()
+    (tmp_path / "folder" / "maybe").mkdir()
+    (tmp_path / "folder" / "maybe" / "x.txt").write_text("so so")
+    with pytest.raises(SystemExit) as exit_:
+        predict_main([str(minilm_run), str(tmp_path / "folder"), "--out", str(tmp_path / "p5")])
+    assert exit_.value.code == 2 and not (tmp_path / "p5").exists()
 
 
 def test_text_feature_cache_trains_like_no_cache(tmp_path: Path, tiny_encoder: Path, reviews: Path):

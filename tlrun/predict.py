@@ -148,18 +148,29 @@ def resolve_images(spec: str, members: list[Member]) -> Images:
 
 
 def resolve_texts(path: Path, member: Member) -> Images:
-    """Texts to predict: a .txt file (each non-empty line one text) or a table with the run's text column
-    (data.text_column); a table that also has the run's label column is labelled with the run's classes."""
-    from tlrun.data.text import TEXT_SUFFIXES, read_table
+    """Texts to predict, read in the run's data.encoding: a .txt file (each non-empty line one text), a table
+    with the run's text column (data.text_column; labelled when it also has the run's label column), or a
+    folder of class sub-folders of .txt files (data=textfolder's layout; labelled by the folder names)."""
+    from tlrun.data.text import TEXT_SUFFIXES, decode_text, read_table, read_text_folder
 
+    data_cfg = member.loaded.config.get("data", {})
+    encoding = data_cfg.get("encoding", "utf-8")
+    classes = member.loaded.classes
+    if path.is_dir():
+        source = read_text_folder(path, "tlrun-predict", encoding)
+        unknown = sorted(set(source.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{path} has class folders the run does not know ({_class_text(unknown)}); "
+                            f"the run's classes are {_class_text(classes)}: rename or remove them")
+        part = source.parts["all"]
+        labels = np.asarray([classes.index(source.classes[k]) for k in part.labels], dtype=np.int64)
+        return Images(TextSet(labels, part.texts, part.ids), True, f"{len(part)} texts in class folders of {path}")
     if not path.is_file():
         raise DataError(f"{path} is not a file; give a .txt file (one text per line), a .csv/.tsv/.jsonl file "
-                        "with the run's text column, or split:train|val|test")
+                        "with the run's text column, a folder of class sub-folders of .txt files, or "
+                        "split:train|val|test")
     if path.suffix.lower() == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise DataError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+        lines = decode_text(path.read_bytes(), encoding, path)[0].splitlines()
         kept = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
         if not kept:
             raise DataError(f"{path} has no text; give one text per line")
@@ -168,13 +179,11 @@ def resolve_texts(path: Path, member: Member) -> Images:
         return Images(texts, False, f"{len(kept)} lines of {path}")
     if path.suffix.lower() not in TEXT_SUFFIXES:
         raise DataError(f"{path}: give a .txt file (one text per line) or a .csv/.tsv/.jsonl file")
-    data_cfg = member.loaded.config.get("data", {})
     text_column, label_column = data_cfg.get("text_column", "text"), data_cfg.get("label_column", "label")
-    frame = read_table(path)
+    frame = read_table(path, encoding)
     if text_column not in frame.columns:
         raise DataError(f"{path} has no column '{text_column}' (the run's data.text_column); its columns are "
                         f"{', '.join(map(str, frame.columns[:12]))}")
-    classes = member.loaded.classes
     labelled = label_column in frame.columns
     labels = [-1] * len(frame)
     if labelled:

@@ -202,7 +202,9 @@ class DataConfig:
     text_column: str = field(default="text", metadata={"help": "data=textcsv: the column that holds the texts"})
     label_column: str = field(default="label", metadata={
         "help": "data=textcsv: the column that holds the labels (its distinct values are the classes)"})
-    encoding: str = field(default="utf-8", metadata={"help": "data=textcsv: the file's text encoding"})
+    encoding: str = field(default="utf-8", metadata={
+        "help": "data=textcsv/textfolder: the files' text encoding (under the default, textfolder reads a "
+                "file that is not UTF-8 as Latin-1, with a warning)"})
     max_length: int = bounded(128, low=8,
                               help="Text data: texts are truncated to this many tokens (special tokens "
                                    "included); batches are padded to their longest text")

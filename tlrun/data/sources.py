@@ -67,7 +67,7 @@ class DataRequest:
     root: Optional[str]
     cache_dir: Path
     bad_images: str = "error"
-    # Text files (data=textcsv): the file, its columns and encoding.
+    # Text files: data=textcsv's file and columns; the encoding of textcsv and textfolder files.
     path: Optional[str] = None
     text_column: str = "text"
     label_column: str = "label"

