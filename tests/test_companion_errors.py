@@ -176,6 +176,14 @@ def test_rank_missing_data_folder_fails_before_loading(tmp_path, capsys, no_torc
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args", [["bbc_news"], ["digits", "--source", "rotten_tomatoes"]], ids=["data", "source"])
+def test_rank_refuses_text_data_before_loading(tmp_path, capsys, no_torch, args):
+    before = snapshot(tmp_path)
+    code, _, err = call(rank_cli.main, [*args, "--models", "lenet:null", "--out", "r"], capsys)
+    assert_one_line_error(code, err, "tlrun-rank", "is text data", "ranks image backbones", "freeze=all")
+    assert snapshot(tmp_path) == before
+
+
 # --- tlrun-report --------------------------------------------------------------------------------
 
 def make_sweep(root: Path, jobs: dict[int, str]) -> Path:

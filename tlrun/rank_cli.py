@@ -12,6 +12,7 @@ from typing import Optional
 from tlrun.errors import ConfigError
 from tlrun.paths import output_dir
 from tlrun.config import check_arg_ranges
+from tlrun.config.schema import TEXT_DATASETS
 
 PROG = "tlrun-rank"
 RANK_FILE = "rank.csv"
@@ -60,6 +61,10 @@ def _data_spec(text: str) -> tuple[str, Optional[str]]:
         return "imagefolder", str(path)
     if "/" in text or text.startswith("."):
         raise ConfigError(f"{text} is not a folder; give an image folder or a dataset name such as digits")
+    if text in TEXT_DATASETS:  # LogME/LEEP here score the frozen features of image backbones
+        raise ConfigError(f"{text} is text data; tlrun-rank ranks image backbones on image datasets. Compare text "
+                          "encoders by fine-tuning each with freeze=all (a linear probe): tlrun -m data=" + text +
+                          " model=hf model.name=<a,b> freeze=all")
     return text, None
 
 
