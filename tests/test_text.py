@@ -104,7 +104,9 @@ def test_tsv_and_jsonl_read_like_csv_and_numeric_labels_sort_numerically(tmp_pat
     frame = pd.DataFrame({"text": ["one", "two, with a comma", "three", "four"], "label": ["10", "2", "2", "10"]})
     frame.to_csv(tmp_path / "a.tsv", sep="\t", index=False)
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in frame.to_dict(orient="records")) + "\n")
-    for name in ("a.tsv", "a.jsonl"):
+    (tmp_path / "a.json").write_text(json.dumps(frame.to_dict(orient="records"), indent=1))  # one array
+    (tmp_path / "b.json").write_text("\n".join(json.dumps(r) for r in frame.to_dict(orient="records")))  # lines
+    for name in ("a.tsv", "a.jsonl", "a.json", "b.json"):
         source = read_labelled_file(tmp_path / name, "text", "label")
         assert source.classes == ["2", "10"]
         assert source.parts["all"].texts == frame["text"].tolist()

@@ -117,8 +117,9 @@ def read_table(path: Path, encoding: str = "utf-8") -> "Any":
     import io
 
     try:
-        if TEXT_SUFFIXES[suffix] is None:
-            frame = pd.read_json(io.StringIO(raw), lines=True, dtype=False)
+        if TEXT_SUFFIXES[suffix] is None:  # JSON Lines, or (a .json file) one array of records
+            array = suffix == ".json" and raw.lstrip().startswith("[")
+            frame = pd.read_json(io.StringIO(raw), lines=not array, orient="records" if array else None, dtype=False)
             frame = frame.astype(object).where(frame.notna(), "").astype(str)
         else:
             # TSV has no quoting (a text may start with "); CSV keeps its standard quoting.
