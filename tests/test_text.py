@@ -314,7 +314,8 @@ def test_minilm_on_a_csv_writes_the_run_folder(minilm_run: Path):
     assert all(name in report for name in ("neg", "other", "pos"))
 
 
-def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path, tmp_path: Path, reviews: Path):
+def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path, tmp_path: Path, reviews: Path,
+                                                                capsys):
     from tlrun.predict_cli import main as predict_main
 
     def predict(*args: str) -> pd.DataFrame:
@@ -349,6 +350,10 @@ def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path
     with pytest.raises(SystemExit) as exit_:
         predict_main([str(minilm_run), str(tmp_path / "folder"), "--out", str(tmp_path / "p5")])
     assert exit_.value.code == 2 and not (tmp_path / "p5").exists()
+    with pytest.raises(SystemExit) as exit_:  # refused before the texts are read or any forward pass
+        predict_main([str(minilm_run), str(tmp_path / "missing.csv"), "--tta", "flip", "--out", str(tmp_path / "p6")])
+    assert exit_.value.code == 2 and not (tmp_path / "p6").exists()
+    assert "--tta flip transforms images; a text run predicts with --tta none" in capsys.readouterr().err
 
 
 def test_text_feature_cache_trains_like_no_cache(tmp_path: Path, tiny_encoder: Path, reviews: Path):

@@ -229,6 +229,11 @@ def _run_split(split: str, member: Member) -> Images:
 
 # --- prediction ------------------------------------------------------------------------------
 
+def check_tta(member: Member, tta: str) -> None:
+    if tta != "none" and isinstance(member.loaded.geometry, TextInput):
+        raise ConfigError(f"--tta {tta} transforms images; a text run predicts with --tta none")
+
+
 @torch.inference_mode()
 def member_probabilities(member: Member, images: ImageSet, tta: str, device: torch.device,
                          num_workers: int = 0) -> np.ndarray:
@@ -236,8 +241,6 @@ def member_probabilities(member: Member, images: ImageSet, tta: str, device: tor
     placement = Placement(device, member.channels_last)
     model = placement.model(member.loaded.model).eval()
     if isinstance(member.loaded.geometry, TextInput):
-        if tta != "none":
-            raise ConfigError(f"--tta {tta} transforms images; a text run predicts with --tta none")
         text_input = member.loaded.geometry
         dataset = TextDataset(images, tokenize(images, text_input.tokenizer, text_input.max_length, None))
         # The run's own evaluation batches (same size, same padding): split:test reproduces test_acc exactly.
@@ -300,6 +303,8 @@ class PredictResult:
 def predict(members: list[Member], images: Images, tta: str = "none", top_k: int = 5,
             device: Optional[torch.device] = None, num_workers: int = 0) -> PredictResult:
     device = device or torch.device("cpu")
+    for member in members:  # before any forward pass
+        check_tta(member, tta)
     classes = members[0].loaded.classes
     with_tta, without = [], []
     for member in members:

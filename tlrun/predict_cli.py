@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         run_model_file(run_path)
     import torch
 
-    from tlrun.predict import load_members, predict, resolve_images
+    from tlrun.predict import check_tta, load_members, predict, resolve_images
     from tlrun.config import DeviceConfig
     from tlrun.runner import resolve_device
 
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(OmegaConf.structured(DeviceConfig(type=args.device)))
     members = load_members(args.inputs[:-1], args.weights, args.weight_by)
+    for member in members:
+        check_tta(member, args.tta)
     images = resolve_images(args.inputs[-1], members)
     started = time.perf_counter()
     result = predict(members, images, args.tta, args.top_k, device, args.workers)
