@@ -416,4 +416,19 @@ def test_kd_from_a_text_teacher_stage_to_a_shallower_student(tmp_path: Path, tin
     again = read_metrics(tmp_path / "b")
     assert again["teacher_source"] == "stage cache hit" and again["teacher_logits_cache"] == "hit"
     assert again["test_acc"] == metrics["test_acc"]
+    # The stage is keyed by the teacher folder's files, not its path: a copy elsewhere is a hit, new weights
+    # in it are a miss (a path key would have reused the old teacher for edited weights at the same place).
+    from transformers import AutoModel
+
+    copy = tmp_path / "teacher_copy"
+    shutil.copytree(tiny_encoder, copy)
+    moved = [arg.replace(f"hf/{tiny_encoder}", f"hf/{copy}") for arg in run]
+    assert run_tlrun([*moved, f"hydra.run.dir={tmp_path / 'c'}"], tmp_path).returncode == 0
+    assert read_metrics(tmp_path / "c")["teacher_source"] == "stage cache hit"
+    edited = AutoModel.from_pretrained(copy)
+    with torch.no_grad():
+        edited.embeddings.word_embeddings.weight.mul_(2.0)
+    edited.save_pretrained(copy)
+    assert run_tlrun([*moved, f"hydra.run.dir={tmp_path / 'd'}"], tmp_path).returncode == 0
+    assert read_metrics(tmp_path / "d")["teacher_source"] == "stage trained"
     shutil.rmtree(tmp_path / "cache")

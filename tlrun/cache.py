@@ -45,6 +45,13 @@ def file_digest(path: Path) -> str:
     return file_sha256(path)[:20]
 
 
+def folder_digest(folder: Path) -> str:
+    """Short sha256 of a folder's content: every file's relative path and bytes (where it lives does not count)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return digest({p.relative_to(folder).as_posix(): file_digest(p) for p in files})
+
+
 def _seal_path(path: Path) -> Path:
     return path.with_name(path.name + SEAL_SUFFIX)
 

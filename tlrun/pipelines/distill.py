@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 import tlrun
 from tlrun import distributed
 from tlrun.artifacts import LoadedModel, load_run_model
-from tlrun.cache import cache_root, digest, file_digest, images_digest, is_intact, locked, remove_entry, seal
+from tlrun.cache import (cache_root, digest, file_digest, folder_digest, images_digest, is_intact, locked,
+                         remove_entry, seal)
 from tlrun.checkpoint import isolated_rng, load_file, remove_stale_temp_files, save_atomic
 from tlrun.config import random_augmentations
 from tlrun.data.datasets import ImageDataset, in_memory
@@ -43,7 +44,7 @@ from tlrun.data.loaders import PairedBatches, make_loader
 from tlrun.data.sources import ImageSet
 from tlrun.data.text import TextDataset, text_dataset, tokenizer_fingerprint
 from tlrun.config.schema import is_text_run
-from tlrun.models.text import TextInput
+from tlrun.models.text import TextInput, resolve_source
 from tlrun.data.splits import RunData, left_out_images, load_run_data
 from tlrun.data.transforms import ImageGeometry, batch_mixer, build_transform
 from tlrun.engine import Engine, FitResult, Placement, StepOutput, TrainStep, hard_labels
@@ -240,10 +241,18 @@ def teacher_stage(ctx: RunContext, classes: Optional[list[str]] = None) -> tuple
     # What decides the teacher's weights: model, freeze, data (config and content), recipe, seed, code version.
     # The display keys (progress bar, plots) change how the stage runs, not the teacher it trains.
     recipe = {k: v for k, v in OmegaConf.to_container(teacher_cfg.train).items() if k not in DISPLAY_KEYS}
-    key = digest({k: OmegaConf.to_container(teacher_cfg[k]) for k in ("model", "freeze", "data")} | {"train": recipe}
+    model_key, label = OmegaConf.to_container(teacher_cfg.model), Path(name).name
+    if is_text_run(cfg):  # a local folder (minilm's included) counts by its files, not by where it is
+        source = Path(resolve_source(str(teacher_cfg.model.name)))
+        if source.is_dir():
+            model_key["name"] = {"files": folder_digest(source)}
+            if Path(str(teacher_cfg.model.name)).expanduser().is_dir():  # a user's folder: named by content only
+                label = "hf-folder"
+    key = digest({"model": model_key} | {k: OmegaConf.to_container(teacher_cfg[k]) for k in ("freeze", "data")}
+                 | {"train": recipe}
                  | {"images": {split: images_digest(images) for split, images in data.splits.items()},
                     "seed": cfg.seed, "tlrun": tlrun.__version__})
-    stage_dir = cache_root(ctx.cfg) / "teachers" / f"{Path(name).name}-{key}"
+    stage_dir = cache_root(ctx.cfg) / "teachers" / f"{label}-{key}"
     with locked(stage_dir.with_suffix(".lock")):
         if is_intact(stage_dir / "ft_model.pt", "teacher stage model"):
             log.info("Teacher stage: cache hit, reusing %s", stage_dir)
