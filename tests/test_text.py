@@ -237,6 +237,22 @@ def test_mean_pooling_reads_only_real_tokens_and_follows_the_folder(tmp_path: Pa
     assert torch.allclose(alone, model.head(states.mean(1)), atol=1e-6)
 
 
+@pytest.mark.parametrize("absent", [True, False], ids=["known_absent", "unknown"])
+def test_auto_pooling_of_a_cached_hub_model_offline_says_when_it_cannot_tell(monkeypatch, caplog, absent: bool):
+    """A hub id whose modules.json is neither cached nor reachable: cls, with one warning naming model.pooling;
+    a repo the cache knows has no modules.json (a plain transformers model): cls, silently."""
+    import transformers.utils
+
+    from tlrun.models import text
+
+    monkeypatch.setattr(transformers.utils, "cached_file", lambda *args, **kwargs: None)  # offline, not cached
+    monkeypatch.setattr(text, "known_absent", lambda repo, file: absent)
+    with caplog.at_level("WARNING", logger="tlrun.models.text"):
+        assert text.declared_pooling("someone/sentence-encoder") == "cls"
+    warned = [r.getMessage() for r in caplog.records if "Cannot tell whether" in r.getMessage()]
+    assert (warned == []) if absent else (len(warned) == 1 and "model.pooling=mean" in warned[0])
+
+
 def test_discriminative_gives_each_encoder_layer_its_own_lr(tmp_path: Path, tiny_encoder: Path, reviews: Path):
     run = text_run(tiny_encoder, reviews, "freeze=discriminative", "freeze.lr_decay=2", "freeze.backbone_lr_mult=1",
                    "train.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")

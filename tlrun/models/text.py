@@ -157,12 +157,28 @@ def declared_pooling(source: str) -> str:
         return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
 
     try:
-        modules = read("modules.json") or []
-        pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+        modules = read("modules.json")
+        if modules is None and not Path(source).is_dir() and not known_absent(source, "modules.json"):
+            # A hub model loaded from the local cache with the hub out of reach: nothing says which pooling.
+            log.warning("Cannot tell whether %s declares mean pooling (its modules.json is neither cached nor "
+                        "reachable): using cls. Set model.pooling=mean for a sentence-transformers model, or "
+                        "model.pooling=cls to silence this.", source)
+        pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
         settings = read(f"{pooling['path']}/config.json") if pooling else None
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return "cls"  # an unreadable modules.json: the architecture's own head
     return "mean" if settings and settings.get("pooling_mode_mean_tokens") else "cls"
+
+
+def known_absent(repo_id: str, file: str) -> bool:
+    """True when the local hub cache records that ``repo_id`` has no ``file`` (a 404 seen online)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    try:
+        return try_to_load_from_cache(repo_id, file) is _CACHED_NO_EXIST
+    except ValueError:  # not a valid repo id: nothing cached either
+        return False
 
 
 @contextlib.contextmanager
