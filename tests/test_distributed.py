@@ -117,9 +117,10 @@ def test_the_dann_step_trains_inside_distributed_data_parallel(tmp_path: Path):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
-        method = Dann(OmegaConf.structured(DannConfig(discriminator_width=8)), feature_dim=4, num_classes=3)
+        method = Dann(OmegaConf.structured(DannConfig(discriminator_width=8, warmup_batch_norm="source")),
+                      feature_dim=4, num_classes=3)
         step = AdaptationStep(model, FeatureTap(model, "5"), Placement(torch.device("cpu")), method)
-        # As tlrun.distributed.data_parallel wraps it: the warm-up's source-only steps leave the discriminator out.
+        # As tlrun.distributed.data_parallel wraps it: source-only warm-up steps leave the discriminator out.
         assert step.find_unused_parameters
         parallel = torch.nn.parallel.DistributedDataParallel(step, find_unused_parameters=step.find_unused_parameters)
         batch = ((torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])), (torch.randn(6, 3, 8, 8), torch.zeros(6)))

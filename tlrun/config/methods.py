@@ -19,6 +19,7 @@ from tlrun.config.fields import bounded, choice, path_field
 from tlrun.errors import ConfigError
 
 FREEZE_STRATEGIES = ("none", "all", "partial", "early", "discriminative")
+WARMUP_BATCH_NORM = ("joint", "source")
 
 
 def method_field(help: str) -> Any:
@@ -73,6 +74,12 @@ class AlignmentBase(AdaptationBase):
     warmup_source_acc: float = bounded(0.5, low=0.0, high=1.0,
                                        help="...and until an epoch's source train accuracy has covered this fraction "
                                             "of the way from chance to 1 (0 = epochs only)")
+    # joint: BatchNorm over both domains from the first step, which does much of the adapting on the digit pairs;
+    # source: the warm-up learns the source at source-only's pace. Measured both: benchmarks/da/README.md.
+    warmup_batch_norm: str = choice("joint", WARMUP_BATCH_NORM,
+                                    help="During the warm-up: joint = the target batch still passes through the "
+                                         "network (BatchNorm over both domains, no domain loss); source = warm-up "
+                                         "steps are source-only steps (the target stays out until the loss starts)")
     # Minimum Class Confusion (tlrun/methods/mcc.py) as a regulariser of any alignment method, on the target
     # logits; it shares the warm-up (an untrained classifier's confident guesses are not worth sharpening).
     mcc_weight: float = bounded(0.0, low=0.0,

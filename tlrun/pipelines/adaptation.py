@@ -50,9 +50,9 @@ class AdaptationStep(TrainStep):
 
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
     domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
-    (source-only) the target batch is unused, and so it is during the method's source warm-up: a
-    warm-up step is a source-only step (the target kept out of BatchNorm too, which would otherwise slow
-    the source's learning on a distant target and so lengthen the warm-up). With ``adaptation.mcc_weight``
+    (source-only) the target batch is unused. During the method's source warm-up the domain loss is 0
+    and, with ``adaptation.warmup_batch_norm=source``, the step is a source-only step (the target kept
+    out of BatchNorm too, so the source is learnt at source-only's pace). With ``adaptation.mcc_weight``
     > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc) after the warm-up.
     """
 
@@ -69,8 +69,9 @@ class AdaptationStep(TrainStep):
             from tlrun.methods.mcc import MinimumClassConfusionLoss
 
             self.mcc = MinimumClassConfusionLoss(float(method.cfg.mcc_temperature))
-        # The method's own layers (DANN's discriminator) get no gradient in a warm-up step; DDP must know.
-        self.find_unused_parameters = method is not None and float(method.start_progress) < 0
+        self.source_warmup = method is not None and method.cfg.get("warmup_batch_norm", "joint") == "source"
+        # The method's own layers (DANN's discriminator) get no gradient in a source-only warm-up step; DDP must know.
+        self.find_unused_parameters = self.source_warmup and float(method.start_progress) < 0
 
     def source_step(self, source_images: torch.Tensor, source_labels: torch.Tensor) -> StepOutput:
         """Cross-entropy on the source batch alone: source-only training, and the method's warm-up."""
@@ -88,7 +89,8 @@ class AdaptationStep(TrainStep):
         (source_images, source_labels), (target_images, _unused_target_labels) = batch
         source_images = self.placement.images(source_images)
         source_labels = self.placement.labels(source_labels)
-        if self.method is None or self.method.aligned_progress(progress) is None:
+        warming_up = self.method is not None and self.method.aligned_progress(progress) is None
+        if self.method is None or (warming_up and self.source_warmup):
             return self.source_step(source_images, source_labels)
         target_images = self.placement.images(target_images)
         count = len(source_images)
@@ -101,8 +103,8 @@ class AdaptationStep(TrainStep):
         logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(),
                 "feature_std": feature_spread(features[:count]), **stats}
         loss = cls_loss + domain_loss
-        if self.mcc is not None:
-            mcc_loss = self.mcc_weight * self.mcc(logits_all[count:])
+        if self.mcc is not None:  # the method's warm-up holds the regulariser back too
+            mcc_loss = domain_loss.new_zeros(()) if warming_up else self.mcc_weight * self.mcc(logits_all[count:])
             logs["mcc_loss"] = mcc_loss.item()
             loss = loss + mcc_loss
         return StepOutput(loss, logits, source_labels, logs)
