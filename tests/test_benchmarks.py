@@ -69,6 +69,11 @@ def test_da_cells_of_the_new_methods_and_the_lambda_sweep_compose(tmp_path: Path
         assert {key: cfg.adaptation[key] for key in keys} == keys, method
         if name != "none":  # the committed tables align from the first step
             assert cfg.adaptation.warmup_epochs == 0 and cfg.adaptation.warmup_source_acc == 0
+        for warmup, batch_norm in (("default", "joint"), ("source", "source")):  # the methods tables' warm-ups
+            command = bench_da.command("cvdigits", "cvdigits_m", method, 0, 2, tmp_path / method, [], warmup=warmup)
+            cfg = compose_config([o for o in command[command.index("tlrun") + 1:] if not o.startswith("hydra.")])
+            if name != "none":
+                assert cfg.adaptation.warmup_epochs == 1 and cfg.adaptation.warmup_batch_norm == batch_norm, method
 
 
 def test_da_validator_table_scores_picks_and_rank_correlation(tmp_path: Path):

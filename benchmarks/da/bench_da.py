@@ -86,6 +86,8 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
         elif method != "source_only":  # tlrun's default source warm-up (experiment=dann_digits turns it off)
             data += [f"adaptation.warmup_epochs={WARMUP_DEFAULTS['warmup_epochs']}",
                      f"adaptation.warmup_source_acc={WARMUP_DEFAULTS['warmup_source_acc']}"]
+            if warmup == "source":  # the same warm-up made of source-only steps
+                data.append("adaptation.warmup_batch_norm=source")
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
             f"seed={seed}", f"hydra.run.dir={run_dir}", *extra]
 
@@ -208,9 +210,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                         help="the optimiser recipe of every run (sgd: the DANN paper's)")
-    parser.add_argument("--warmup", choices=("off", "default"), default="off",
+    parser.add_argument("--warmup", choices=("off", "default", "source"), default="off",
                         help="off: every method aligns from the first step (the papers' protocol, the first table); "
-                             "default: tlrun's source warm-up (adaptation.warmup_epochs / warmup_source_acc)")
+                             "default: tlrun's source warm-up (adaptation.warmup_epochs / warmup_source_acc); "
+                             "source: that warm-up with adaptation.warmup_batch_norm=source")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")
     args = parser.parse_args()
 
