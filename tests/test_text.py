@@ -361,6 +361,9 @@ def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path
     merged = by_folder.merge(table, on="text", suffixes=("", "_csv"))
     assert (merged["predicted_class"] == merged["predicted_class_csv"]).all()
     assert (merged["true_class"] == merged["true_class_csv"]).all()
+    single = tmp_path / "only_pos"  # one class alone is a valid input to predict on
+    shutil.copytree(tmp_path / "folder" / "pos", single / "pos")
+    assert set(predict(str(single), "--out", str(tmp_path / "p4b"))["true_class"]) == {"pos"}
     (tmp_path / "folder" / "maybe").mkdir()
     (tmp_path / "folder" / "maybe" / "x.txt").write_text("so so")
     with pytest.raises(SystemExit) as exit_:

@@ -151,20 +151,19 @@ def resolve_texts(path: Path, member: Member) -> Images:
     """Texts to predict, read in the run's data.encoding: a .txt file (each non-empty line one text), a table
     with the run's text column (data.text_column; labelled when it also has the run's label column), or a
     folder of class sub-folders of .txt files (data=textfolder's layout; labelled by the folder names)."""
-    from tlrun.data.text import TEXT_SUFFIXES, decode_text, read_table, read_text_folder
+    from tlrun.data.text import TEXT_SUFFIXES, decode_text, read_table, text_folder_files
 
     data_cfg = member.loaded.config.get("data", {})
     encoding = data_cfg.get("encoding", "utf-8")
     classes = member.loaded.classes
-    if path.is_dir():
-        source = read_text_folder(path, "tlrun-predict", encoding)
-        unknown = sorted(set(source.classes) - set(classes))
+    if path.is_dir():  # any subset of the run's classes, one alone included
+        texts, names, ids = text_folder_files(path, "tlrun-predict", encoding)
+        unknown = sorted(set(names) - set(classes))
         if unknown:
             raise DataError(f"{path} has class folders the run does not know ({_class_text(unknown)}); "
                             f"the run's classes are {_class_text(classes)}: rename or remove them")
-        part = source.parts["all"]
-        labels = np.asarray([classes.index(source.classes[k]) for k in part.labels], dtype=np.int64)
-        return Images(TextSet(labels, part.texts, part.ids), True, f"{len(part)} texts in class folders of {path}")
+        labels = np.asarray([classes.index(name) for name in names], dtype=np.int64)
+        return Images(TextSet(labels, texts, ids), True, f"{len(texts)} texts in class folders of {path}")
     if not path.is_file():
         raise DataError(f"{path} is not a file; give a .txt file (one text per line), a .csv/.tsv/.jsonl file "
                         "with the run's text column, a folder of class sub-folders of .txt files, or "

@@ -168,6 +168,12 @@ def decode_text(data: bytes, encoding: str, where: Path, latin_fallback: bool = 
 
 def read_text_folder(root: Path, what: str, encoding: str = "utf-8") -> SourceData:
     """One sub-folder of .txt files per class, in ``encoding`` (see decode_text for files that are not)."""
+    texts, labels, ids = text_folder_files(root, what, encoding)
+    return labelled_texts(texts, labels, ids, f"{what} from {root} ({len(texts)} texts)")
+
+
+def text_folder_files(root: Path, what: str, encoding: str = "utf-8") -> tuple[list[str], list[str], list[str]]:
+    """The texts, class-folder names and ids (``<class>/<file>``) of a folder of class sub-folders of .txt files."""
     if not root.is_dir():
         raise DataError(f"{what}: {root} is not a folder; give a folder with one sub-folder of .txt files per class")
     texts, labels, ids, recoded = [], [], [], []
@@ -184,7 +190,7 @@ def read_text_folder(root: Path, what: str, encoding: str = "utf-8") -> SourceDa
                     ", ".join(str(p) for p in recoded[:3]))
     if not texts:
         raise DataError(f"{what}: no .txt files in class folders under {root}")
-    return labelled_texts(texts, labels, ids, f"{what} from {root} ({len(texts)} texts)")
+    return texts, labels, ids
 
 
 def package_data(package: str, relative: str, install: str) -> Path:
