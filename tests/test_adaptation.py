@@ -161,6 +161,72 @@ def test_build_method_passes_the_discriminator_shape_and_dropout():
     assert [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]
 
 
+def test_a_method_draws_its_random_numbers_from_its_own_stream():
+    """DANN's discriminator (dropout 0.5) is initialised and runs on a stream of its own: the run's stream is
+    untouched by it, the same seed builds the same method, and the stream travels in the method's state."""
+    from omegaconf import OmegaConf
+
+    from tlrun.methods.alignment import DomainBatch
+    from tlrun.methods.dann import DannConfig
+    from tlrun.pipelines.adaptation import build_method
+
+    cfg = OmegaConf.structured(DannConfig(method="dann", discriminator_width=16, warmup_epochs=0,
+                                          warmup_source_acc=0.0))
+    torch.manual_seed(123)
+    run_stream = torch.get_rng_state()
+    method = build_method(cfg, feature_dim=4, num_classes=3, seed=5).train()
+    assert torch.equal(torch.get_rng_state(), run_stream)  # building it drew nothing from the run's stream
+    twin = build_method(cfg, feature_dim=4, num_classes=3, seed=5).train()
+    other = build_method(cfg, feature_dim=4, num_classes=3, seed=6)
+    params = [p for p in method.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(params, twin.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(params, other.parameters()))
+
+    batch = DomainBatch(torch.randn(8, 4), torch.randn(8, 3))
+    run_stream = torch.get_rng_state()
+
+    def step(module):
+        with module.random_stream(torch.device("cpu")):
+            return module(batch, batch, 0.5)[0]
+
+    first = step(method)
+    assert torch.equal(torch.get_rng_state(), run_stream)  # its dropout masks came from its own stream
+    saved = method.state_dict()
+    second = step(method)
+    assert first.item() != second.item()  # the stream moves on: new masks each step
+    assert step(twin).item() == first.item()
+    twin.load_state_dict(saved)  # a resumed run continues the stream where the checkpoint left it
+    assert step(twin).item() == second.item()
+    old_checkpoint = {k: v for k, v in saved.items() if k != "_extra_state"}  # written before the stream existed
+    twin.load_state_dict(old_checkpoint)
+    assert torch.equal(torch.get_rng_state(), run_stream)
+
+
+def test_an_interrupted_dann_run_resumes_bit_exactly(tmp_path: Path, monkeypatch):
+    """The discriminator's dropout stream is checkpointed with it: SIGTERM after epoch 2, train.resume=auto,
+    and the history and weights equal an uninterrupted run's."""
+    from conftest import history_written, sigterm_after
+    from tlrun.engine import Engine
+
+    args = ["adaptation=dann", *DA_TINY, "train.epochs=4", *NO_WARMUP, "seed=2"]
+    reference = tmp_path / "reference"
+    assert run_tlrun([*args, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    with monkeypatch.context() as patch:
+        sigterm_after(patch, Engine, "write_history", history_written(2))
+        assert run_tlrun(args, work).returncode == 75
+    resumed = run_tlrun([*args, "train.resume=auto"], work)
+    assert resumed.returncode == 0, resumed.stderr
+    (run_dir,) = run_dirs(work)
+    ours, theirs = pd.read_csv(run_dir / "ft_history.csv"), pd.read_csv(reference / "ft_history.csv")
+    columns = ["epoch", "train_loss", "train_acc", "val_acc", "domain_loss", "domain_acc", "target_acc"]
+    pd.testing.assert_frame_equal(ours[columns], theirs[columns])
+    mine, reference_state = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (run_dir, reference))
+    assert all(torch.equal(v, reference_state["auxiliary"][k]) for k, v in mine["auxiliary"].items()
+               if isinstance(v, torch.Tensor))
+
+
 def test_dann_digits_experiment_is_the_papers_recipe(tmp_path: Path):
     from omegaconf import OmegaConf
 

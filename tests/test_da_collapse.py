@@ -109,6 +109,7 @@ def test_aligning_from_the_first_step_collapses_and_the_default_warm_up_does_not
     assert history["feature_std"].iloc[-1] < 0.1 * history["feature_std"].max()
 
     metrics, history, output, log = run(tmp_path, "default", root)
+    history_default = (metrics, history)
     assert metrics["collapsed"] is False
     assert WARNING not in output and WARNING not in log
     # The warm-up ended, and early enough that the detector saw at least two aligned epochs.
@@ -127,3 +128,18 @@ def test_aligning_from_the_first_step_collapses_and_the_default_warm_up_does_not
     pd.testing.assert_frame_equal(history[columns].iloc[:warmup], source_only[columns].iloc[:warmup])
     assert history["mmd_loss"].iloc[:warmup].eq(0).all() and history["lambda"].iloc[:warmup].eq(0).all()
     assert not history[columns].iloc[warmup:].equals(source_only[columns].iloc[warmup:])
+
+    # DANN's discriminator (dropout 0.5) draws from its own random stream: its source warm-up epochs are the
+    # source-only run's too (the model's dropout masks are the same), and its default warm-up trains the
+    # network exactly as MMD's does until one of their domain losses starts.
+    dann, dann_history, _, _ = run(tmp_path, "dann_source_warmup", root, "adaptation=dann",
+                                   "adaptation.warmup_batch_norm=source")
+    warmup = dann["alignment_start_epoch"] - 1
+    assert warmup >= 1
+    pd.testing.assert_frame_equal(dann_history[columns].iloc[:warmup], source_only[columns].iloc[:warmup])
+    mmd_joint = history_default
+    dann_joint, dann_joint_history, _, _ = run(tmp_path, "dann_default", root, "adaptation=dann")
+    both_warm = min(dann_joint["alignment_start_epoch"], mmd_joint[0]["alignment_start_epoch"]) - 1
+    assert both_warm >= 1
+    trained = ["train_acc", "val_loss", "val_acc", "target_acc"]  # DANN's train_loss adds its discriminator's BCE
+    pd.testing.assert_frame_equal(dann_joint_history[trained].iloc[:both_warm], mmd_joint[1][trained].iloc[:both_warm])

@@ -21,10 +21,11 @@ run's pace, and the method's diagnostic columns start with the domain loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -91,6 +92,47 @@ class Alignment(nn.Module):
         no_warmup = int(cfg.get("warmup_epochs", 0)) == 0 and float(cfg.get("warmup_source_acc", 0.0)) == 0.0
         # Progress p0 at which the domain loss starts (-1: still warming up).
         self.register_buffer("start_progress", torch.tensor(0.0 if no_warmup else -1.0))
+        # The method's own random stream (its dropout), kept apart from the run's (see random_stream).
+        self.stream_seed = 0
+        self.cpu_rng_state = torch.get_rng_state()
+        self.cuda_rng_state: Optional[torch.Tensor] = None
+
+    def start_random_stream(self, seed: int) -> None:
+        """Start the method's own stream from the global RNG's current state (build_method seeds it)."""
+        self.stream_seed, self.cpu_rng_state, self.cuda_rng_state = seed, torch.get_rng_state(), None
+
+    @contextlib.contextmanager
+    def random_stream(self, device: torch.device) -> Iterator[None]:
+        """Run the block (the method's forward) on the method's own random stream and give the run its stream
+        back: what the method draws (e.g. the discriminator's dropout masks) does not shift the model's dropout
+        or the augmentation, so every method sees the run's random numbers that source-only sees."""
+        cuda = device.type == "cuda"
+        index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            torch.set_rng_state(self.cpu_rng_state)
+            if cuda and self.cuda_rng_state is None:
+                torch.cuda.manual_seed(self.stream_seed)
+            elif cuda:
+                torch.cuda.set_rng_state(self.cuda_rng_state, index)
+            yield
+            self.cpu_rng_state = torch.get_rng_state()
+            if cuda:
+                self.cuda_rng_state = torch.cuda.get_rng_state(index)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The stream's state goes into the checkpoint with the method's weights: a resumed run continues it."""
+        return {"cpu_rng_state": self.cpu_rng_state, "cuda_rng_state": self.cuda_rng_state,
+                "stream_seed": self.stream_seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.cpu_rng_state, self.cuda_rng_state = state["cpu_rng_state"], state["cuda_rng_state"]
+        self.stream_seed = int(state["stream_seed"])
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # A checkpoint written before methods had their own stream has no extra state: keep the current one.
+        if "_extra_state" not in state_dict:
+            state_dict = {**state_dict, "_extra_state": self.get_extra_state()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def aligned_progress(self, progress: float) -> Optional[float]:
         """Progress of the alignment schedule, p' = (p - p0) / (1 - p0); None during the warm-up."""

@@ -17,6 +17,7 @@ from torch import nn
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from tlrun.checkpoint import isolated_rng
 from tlrun.data.datasets import ImageDataset
 from tlrun.data.loaders import PairedBatches, make_loader
 from tlrun.data.splits import load_run_data
@@ -98,8 +99,9 @@ class AdaptationStep(TrainStep):
         features = self.tap.features if self.align_on == "pooled" else logits_all
         logits = logits_all[:count]
         cls_loss = self.criterion(logits, source_labels)
-        domain_loss, stats = self.method(DomainBatch(features[:count], logits),
-                                         DomainBatch(features[count:], logits_all[count:]), progress)
+        with self.method.random_stream(features.device):
+            domain_loss, stats = self.method(DomainBatch(features[:count], logits),
+                                             DomainBatch(features[count:], logits_all[count:]), progress)
         logs = {"cls_loss": cls_loss.item(), self.method.loss_name: domain_loss.item(),
                 "feature_std": feature_spread(features[:count]), **stats}
         loss = cls_loss + domain_loss
@@ -116,14 +118,28 @@ def feature_spread(features: torch.Tensor) -> float:
         return features.float().std(dim=0).mean().item() if len(features) > 1 else float("nan")
 
 
-def build_method(cfg: DictConfig, feature_dim: int, num_classes: int) -> Optional[Alignment]:
-    """The registered method that adaptation.method names, built for these features (None: source-only)."""
+def method_seed(seed: int) -> int:
+    """The seed of a method's own random stream: derived from the run's seed, distinct from it."""
+    return int(np.random.SeedSequence([seed, 0xDA]).generate_state(1)[0])
+
+
+def build_method(cfg: DictConfig, feature_dim: int, num_classes: int, seed: int = 0) -> Optional[Alignment]:
+    """The registered method that adaptation.method names, built for these features (None: source-only).
+
+    Its layers are initialised from a stream of its own (``method_seed(seed)``), which its steps then continue
+    (Alignment.random_stream): the run's stream (augmentation, the model's dropout) is the same for every
+    method, so a warm-up repeats source-only's epochs and two methods differ only by what their losses do.
+    """
     spec = ADAPTATION.spec(cfg.method)
     if spec.name == "none":
         return None
     if spec.build is None:
         raise ConfigError(f"adaptation method '{spec.name}' registered no Alignment to build")
-    return spec.build(cfg, feature_dim, num_classes)
+    stream = method_seed(seed)
+    with isolated_rng(stream):
+        method = spec.build(cfg, feature_dim, num_classes)
+        method.start_random_stream(stream)
+    return method
 
 
 def target_names(cfg) -> tuple[str, Optional[str]]:
@@ -235,7 +251,7 @@ def run_adaptation(ctx: RunContext) -> dict:
     gap_before = domain_gap(source_before, target_before, cfg.seed)
 
     feature_dim = source_before.shape[1] if cfg.adaptation.features == "pooled" else len(source.classes)
-    method = build_method(cfg.adaptation, feature_dim, len(source.classes))
+    method = build_method(cfg.adaptation, feature_dim, len(source.classes), seed=cfg.seed)
     method_groups = []
     if method is not None:
         method.to(ctx.device)
