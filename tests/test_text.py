@@ -375,6 +375,46 @@ def test_predict_reproduces_test_acc_and_reads_texts_and_tables(minilm_run: Path
     assert "--tta flip transforms images; a text run predicts with --tta none" in capsys.readouterr().err
 
 
+def test_predict_on_a_split_refuses_a_csv_edited_since_the_run(tmp_path: Path, tiny_encoder: Path, capsys):
+    """A CSV row's id is its row number: split.csv's text digests are what tell that the texts (or labels) of
+    the rebuilt split are no longer the run's, and tlrun-predict refuses in one line, writing nothing."""
+    from tlrun.predict_cli import main as predict_main
+
+    data_file = write_reviews(tmp_path / "reviews.csv")
+    run_dir = tmp_path / "run"
+    assert run_tlrun([*text_run(tiny_encoder, data_file, "train.epochs=1"), f"hydra.run.dir={run_dir}"],
+                     tmp_path).returncode == 0
+    split = pd.read_csv(run_dir / "split.csv", dtype={"sample": str})
+    assert split["text_sha256"].str.fullmatch("[0-9a-f]{16}").all() and split["text_sha256"].nunique() > 50
+    test_row = int(split.loc[split["split"] == "test", "sample"].iloc[0])  # a CSV sample's id: its row index
+    original = pd.read_csv(data_file)
+
+    def refused(edit, needle: str, out: Path) -> None:
+        frame = original.copy()
+        edit(frame)
+        frame.to_csv(data_file, index=False)
+        with pytest.raises(SystemExit) as exit_:
+            predict_main([str(run_dir), "split:test", "--out", str(out)])
+        assert exit_.value.code == 2 and not out.exists()
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and needle in error[0] and "predict on a file of texts instead" in error[0]
+
+    def other_text(frame):
+        frame.loc[test_row, "review"] = "an edited review of the same film"
+
+    def other_label(frame):
+        frame.loc[test_row, "sentiment"] = "pos" if frame.loc[test_row, "sentiment"] != "pos" else "neg"
+
+    refused(other_text, "other texts", tmp_path / "p1")
+    refused(other_label, "other labels", tmp_path / "p2")
+    original.to_csv(data_file, index=False)  # the run's data again: the split is rebuilt and predicted
+    with pytest.raises(SystemExit) as exit_:
+        predict_main([str(run_dir), "split:test", "--out", str(tmp_path / "p3")])
+    assert exit_.value.code in (0, None)
+    summary = json.loads((tmp_path / "p3" / "summary.json").read_text())
+    assert summary["accuracy"] == read_metrics(run_dir)["test_acc"]
+
+
 def test_text_feature_cache_trains_like_no_cache(tmp_path: Path, tiny_encoder: Path, reviews: Path):
     runs = {}
     for mode in ("auto", "off"):

@@ -22,7 +22,7 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.data.datasets import ImageDataset
 from tlrun.data.imagefolder import IMAGE_EXTENSIONS, check_image
 from tlrun.data.sources import ImageSet
-from tlrun.data.splits import SPLITS, load_run_data
+from tlrun.data.splits import SPLITS, load_run_data, split_rows
 from tlrun.data.text import TextDataset, TextSet, tokenize
 from tlrun.models.text import TextInput
 from tlrun.engine import Placement
@@ -218,11 +218,17 @@ def _run_split(split: str, member: Member) -> Images:
     run_dir = member.source if member.source.is_dir() else member.source.parent
     recorded = run_dir / "split.csv"
     if recorded.is_file():  # the rebuilt split must be the one the run used
-        table = pd.read_csv(recorded, dtype={"sample": str})
-        expected = table.loc[table["split"] == split, "sample"].tolist()
-        if expected != list(images.ids):
-            raise DataError(f"the rebuilt {split} split differs from {recorded} (the data changed since the run); "
-                            "predict on an image folder instead")
+        table = pd.read_csv(recorded, dtype={"sample": str, "text_sha256": str})
+        table = table[table["split"] == split]
+        now = split_rows(split, images, data.classes)
+        columns = [c for c in ("sample", "label", "text_sha256") if c in table and c in now]
+        changed = [c for c in columns if table[c].tolist() != now[c].tolist()]
+        if changed:
+            what = ", ".join({"sample": "other samples", "label": "other labels", "text_sha256": "other texts"}[c]
+                             for c in changed)
+            instead = "a file of texts" if "text_sha256" in now else "an image folder"
+            raise DataError(f"the rebuilt {split} split differs from {recorded} ({what}: the data changed since the "
+                            f"run); predict on {instead} instead")
     return Images(images, True, f"{data.name} {split} split of {run_dir} ({len(images)} images)")
 
 

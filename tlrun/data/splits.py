@@ -3,6 +3,7 @@ stratified splits, per-class caps, and the images a run leaves out."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,26 @@ class RunData:
     description: str
 
     def split_table(self) -> pd.DataFrame:
-        rows = [(split, sample_id, int(label), self.classes[int(label)])
-                for split in SPLITS for sample_id, label in zip(self.splits[split].ids, self.splits[split].labels)]
-        return pd.DataFrame(rows, columns=["split", "sample", "label", "class"])
+        """split.csv: each sample's split, id, label and class (and a text's content digest, split_rows)."""
+        return pd.concat([split_rows(split, self.splits[split], self.classes) for split in SPLITS], ignore_index=True)
+
+
+def split_rows(split: str, samples: ImageSet, classes: list[str]) -> pd.DataFrame:
+    """One split's rows of split.csv. A text's id is its row or file name, so texts also get the digest of
+    their content (``text_sha256``): that is what tells a rebuilt split whether the texts changed."""
+    labels = [int(label) for label in samples.labels]
+    table = pd.DataFrame({"split": split, "sample": list(samples.ids), "label": labels,
+                          "class": [classes[label] for label in labels]},
+                         columns=["split", "sample", "label", "class"])
+    texts = getattr(samples, "texts", None)
+    if texts is not None:
+        table["text_sha256"] = [text_sha256(text) for text in texts]
+    return table
+
+
+def text_sha256(text: str) -> str:
+    """A short content digest of one text (split.csv's text_sha256)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
