@@ -121,13 +121,14 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
-        np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+        np.random.set_state((numpy_state["name"], numpy_state["keys"].cpu().numpy().astype(np.uint32),
                              numpy_state["position"], numpy_state["has_gauss"], numpy_state["gauss"]))
     else:  # a checkpoint of tlrun 0.1 (loaded with TLRUN_TRUST_UNSAFE_FILES=1)
         np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
+    # RNG states are CPU byte tensors, whatever map_location the checkpoint was loaded with (a resume on a GPU).
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _generators(stream: Any, found: dict[int, Any]) -> dict[int, Any]:

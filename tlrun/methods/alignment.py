@@ -95,37 +95,46 @@ class Alignment(nn.Module):
         # The method's own random stream (its dropout), kept apart from the run's (see random_stream).
         self.stream_seed = 0
         self.cpu_rng_state = torch.get_rng_state()
-        self.cuda_rng_state: Optional[torch.Tensor] = None
+        self.device_rng_state: Optional[torch.Tensor] = None  # the accelerator's (cuda, mps), from its first step
 
     def start_random_stream(self, seed: int) -> None:
         """Start the method's own stream from the global RNG's current state (build_method seeds it)."""
-        self.stream_seed, self.cpu_rng_state, self.cuda_rng_state = seed, torch.get_rng_state(), None
+        self.stream_seed, self.cpu_rng_state, self.device_rng_state = seed, torch.get_rng_state(), None
 
     @contextlib.contextmanager
     def random_stream(self, device: torch.device) -> Iterator[None]:
         """Run the block (the method's forward) on the method's own random stream and give the run its stream
         back: what the method draws (e.g. the discriminator's dropout masks) does not shift the model's dropout
         or the augmentation, so every method sees the run's random numbers that source-only sees."""
-        cuda = device.type == "cuda"
-        index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
-        with torch.random.fork_rng(devices=[index] if cuda else []):
+        accelerator = device.type if device.type in ("cuda", "mps") else None
+        if accelerator is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self.cpu_rng_state)
+                yield
+                self.cpu_rng_state = torch.get_rng_state()
+            return
+        module = torch.get_device_module(accelerator)
+        index = device.index if device.index is not None else module.current_device()
+        with torch.random.fork_rng(devices=[index], device_type=accelerator):
             torch.set_rng_state(self.cpu_rng_state)
-            if cuda and self.cuda_rng_state is None:
-                torch.cuda.manual_seed(self.stream_seed)
-            elif cuda:
-                torch.cuda.set_rng_state(self.cuda_rng_state, index)
+            if self.device_rng_state is None:
+                module.manual_seed(self.stream_seed)  # the current device: the runner has set it to this one
+            else:
+                module.set_rng_state(self.device_rng_state, index)
             yield
             self.cpu_rng_state = torch.get_rng_state()
-            if cuda:
-                self.cuda_rng_state = torch.cuda.get_rng_state(index)
+            self.device_rng_state = module.get_rng_state(index)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The stream's state goes into the checkpoint with the method's weights: a resumed run continues it."""
-        return {"cpu_rng_state": self.cpu_rng_state, "cuda_rng_state": self.cuda_rng_state,
+        return {"cpu_rng_state": self.cpu_rng_state, "device_rng_state": self.device_rng_state,
                 "stream_seed": self.stream_seed}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.cpu_rng_state, self.cuda_rng_state = state["cpu_rng_state"], state["cuda_rng_state"]
+        # On the CPU whatever map_location the checkpoint was loaded with: RNG states are CPU byte tensors.
+        self.cpu_rng_state = state["cpu_rng_state"].cpu()
+        device_state = state.get("device_rng_state")
+        self.device_rng_state = device_state.cpu() if device_state is not None else None
         self.stream_seed = int(state["stream_seed"])
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
