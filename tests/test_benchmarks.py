@@ -52,6 +52,22 @@ def test_da_summary_gap_closure_is_measured_against_source_only_and_oracle():
     assert table.loc["source_only", "gap_closure"] == "" and table.loc["oracle", "mmd before→after"] == ""
 
 
+def test_collapse_summary_pairs_each_run_with_source_only_of_its_seed(monkeypatch):
+    bench = load(BENCHMARKS / "da" / "bench_collapse.py")
+    accuracy = {("source_only", 0): 0.50, ("source_only", 1): 0.60, ("dann", 0): 0.55, ("dann", 1): 0.58}
+    runs = pd.DataFrame([{"target": "cvdigits", "method": m, "warmup": "none" if m == "source_only" else "default",
+                          "seed": seed, "status": "ok", "target_acc": acc, "target_acc_last": acc,
+                          "source_test_acc": 0.9, "source_val_acc_last": 0.9, "alignment_start_epoch": 3,
+                          "collapsed": False} for (m, seed), acc in accuracy.items()])
+    table = bench.summarize(runs).set_index("method")
+    assert table.loc["dann", "vs source-only, paired"] == "+1.5 ± 4.9 (1/2 ≥ 0)"  # +5.0 and -2.0 points
+    assert table.loc["source_only", "vs source-only, paired"] == "-"
+    monkeypatch.setattr(sys, "argv", ["bench_collapse.py", "--cells", "dann:sometimes"])
+    with pytest.raises(SystemExit) as exit_info:  # refused before any data is written
+        bench.main()
+    assert exit_info.value.code == 2
+
+
 def test_da_cells_of_the_new_methods_and_the_lambda_sweep_compose(tmp_path: Path):
     """Each benchmark cell's tlrun command composes into the method it names (the configs, not just strings)."""
     from tlrun.cli import compose_config
