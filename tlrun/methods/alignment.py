@@ -107,23 +107,18 @@ class Alignment(nn.Module):
         back: what the method draws (e.g. the discriminator's dropout masks) does not shift the model's dropout
         or the augmentation, so every method sees the run's random numbers that source-only sees."""
         accelerator = device.type if device.type in ("cuda", "mps") else None
-        if accelerator is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(self.cpu_rng_state)
-                yield
-                self.cpu_rng_state = torch.get_rng_state()
-            return
-        module = torch.get_device_module(accelerator)
-        index = device.index if device.index is not None else module.current_device()
-        with torch.random.fork_rng(devices=[index], device_type=accelerator):
+        module = torch.get_device_module(accelerator) if accelerator else None
+        index = (device.index if device.index is not None else module.current_device()) if module else None
+        with torch.random.fork_rng(devices=[index] if module else [], device_type=accelerator):
             torch.set_rng_state(self.cpu_rng_state)
-            if self.device_rng_state is None:
+            if module is not None and self.device_rng_state is None:
                 module.manual_seed(self.stream_seed)  # the current device: the runner has set it to this one
-            else:
+            elif module is not None:
                 module.set_rng_state(self.device_rng_state, index)
             yield
             self.cpu_rng_state = torch.get_rng_state()
-            self.device_rng_state = module.get_rng_state(index)
+            if module is not None:
+                self.device_rng_state = module.get_rng_state(index)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The stream's state goes into the checkpoint with the method's weights: a resumed run continues it."""
