@@ -1,21 +1,22 @@
 #!/usr/bin/env python
-"""Alignment collapse benchmark: source-only, DANN and MMD with the source warm-up off and at its default.
+"""Alignment collapse benchmark: source-only, DANN and MMD with the source warm-up off and in its two forms.
 
     python benchmarks/da/bench_collapse.py [--targets cvdigits,colour_digits_m] [--seeds 0,1,2] [--epochs 12]
-        [--per-class 300] [--jobs 2] [--out DIR] [--cells source_only:none,dann:default,...]
+        [--per-class 300] [--jobs 2] [--out DIR] [--cells source_only:none,dann:source,...]
 
 Source: 3,000 synthetic colour digits (benchmarks/da/colour_digits.py, written once under --out). Targets:
 cvdigits (OpenCV's handwritten digits: another glyph style) and colour_digits_m (3,000 other colour digits
 blended into photo patches, the MNIST-M construction: the same glyphs on another texture). The recipe of the
 collapse report: LeNet at 32 px, Adam lr 1e-3 (constant, no weight decay), 12 epochs, every other setting at
 its default (DANN: the 1024x1024 BatchNorm discriminator on the pooled features). ``off`` is
-adaptation.warmup_epochs=0 adaptation.warmup_source_acc=0 (alignment from the first step); ``default`` leaves
-both at their defaults (the target batch passes through BatchNorm during the warm-up); ``source`` is the
-default warm-up with adaptation.warmup_batch_norm=source (warm-up steps are source-only steps); ``dann_lambda0``
-is DANN with adaptation.weight=0 (no domain loss, but BatchNorm over the joint source + target batch: from the
-first step, or with ``source`` once the warm-up is over). Source-only has no warm-up, so it runs once per seed. Writes bench_collapse.csv (one row per run) beside the run folders'
-parent (default: benchmarks/da/results/) and prints the summary table; rerunning with the same --out reuses
-finished cells.
+adaptation.warmup_epochs=0 adaptation.warmup_source_acc=0 (alignment from the first step); ``source`` is the default
+warm-up (adaptation.warmup_batch_norm=source: warm-up steps are source-only steps); ``joint`` is the same warm-up with
+adaptation.warmup_batch_norm=joint (the target batch passes through BatchNorm meanwhile); ``dann_lambda0`` is DANN
+with adaptation.weight=0 (no domain loss, but BatchNorm over the joint source + target batch: from the first step
+with ``joint``, once the warm-up is over with ``source``). Both warm-ups are named on the command line, so the table
+does not depend on which one is tlrun's default. Source-only has no warm-up, so it runs once per seed. Writes
+bench_collapse.csv (one row per run) beside the run folders' parent (default: benchmarks/da/results/) and prints the
+summary table; rerunning with the same --out reuses finished cells.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ RECIPE = ["data=imagefolder", "model=lenet", "data.image_size=32", "train.optimi
           "train.lr=1e-3", "train.weight_decay=0", "train.scheduler=none", "train.progress=none", "device=cpu",
           "device.threads=1"]
 WARMUP_OFF = ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
-CELLS = (("source_only", "none"), ("dann", "off"), ("dann", "default"), ("dann", "source"), ("mmd", "off"),
-         ("mmd", "default"), ("mmd", "source"), ("dann_lambda0", "none"), ("dann_lambda0", "source"))
+CELLS = (("source_only", "none"), ("dann", "off"), ("dann", "joint"), ("dann", "source"), ("mmd", "off"),
+         ("mmd", "joint"), ("mmd", "source"), ("dann_lambda0", "joint"), ("dann_lambda0", "source"))
 METHOD_ARGS = {"source_only": ["adaptation=none"], "dann": ["adaptation=dann"], "mmd": ["adaptation=mmd"],
                "dann_lambda0": ["adaptation=dann", "adaptation.weight=0"]}
 TARGETS = ("cvdigits", "colour_digits_m")
@@ -63,8 +64,8 @@ def command(root: Path, target: list[str], method: str, warmup: str, seed: int, 
     args = [f"data.root={root}", *target, *METHOD_ARGS[method]]
     if warmup == "off":
         args += WARMUP_OFF
-    elif warmup == "source":  # the default warm-up made of source-only steps
-        args += ["adaptation.warmup_batch_norm=source"]
+    elif warmup in ("joint", "source"):  # the default warm-up's epochs and threshold, either form
+        args += [f"adaptation.warmup_batch_norm={warmup}"]
     return [sys.executable, "-m", "tlrun", *RECIPE, *args, f"train.epochs={epochs}", f"seed={seed}",
             f"hydra.run.dir={run_dir}"]
 

@@ -83,11 +83,10 @@ def command(source: str, target: str, method: str, seed: int, epochs: int, run_d
             data.append(f"adaptation.weight={method[len('dann_w'):]}")
         if method != "source_only" and warmup == "off":  # the first table aligns from the first step, as the papers
             data += ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"]
-        elif method != "source_only":  # tlrun's default source warm-up (experiment=dann_digits turns it off)
+        elif method != "source_only":  # tlrun's default warm-up (experiment=dann_digits turns it off), named form
             data += [f"adaptation.warmup_epochs={WARMUP_DEFAULTS['warmup_epochs']}",
-                     f"adaptation.warmup_source_acc={WARMUP_DEFAULTS['warmup_source_acc']}"]
-            if warmup == "source":  # the same warm-up made of source-only steps
-                data.append("adaptation.warmup_batch_norm=source")
+                     f"adaptation.warmup_source_acc={WARMUP_DEFAULTS['warmup_source_acc']}",
+                     f"adaptation.warmup_batch_norm={warmup}"]
     return [sys.executable, "-m", "tlrun", *data, *COMMON, *OPTIMIZERS[optimizer], f"train.epochs={epochs}",
             f"seed={seed}", f"hydra.run.dir={run_dir}", *extra]
 
@@ -210,10 +209,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                         help="the optimiser recipe of every run (sgd: the DANN paper's)")
-    parser.add_argument("--warmup", choices=("off", "default", "source"), default="off",
+    parser.add_argument("--warmup", choices=("off", "source", "joint"), default="off",
                         help="off: every method aligns from the first step (the papers' protocol, the first table); "
-                             "default: tlrun's source warm-up (adaptation.warmup_epochs / warmup_source_acc); "
-                             "source: that warm-up with adaptation.warmup_batch_norm=source")
+                             "source: tlrun's default warm-up (adaptation.warmup_epochs / warmup_source_acc, warm-up "
+                             "steps are source-only steps); joint: that warm-up with adaptation.warmup_batch_norm=joint")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")
     args = parser.parse_args()
 

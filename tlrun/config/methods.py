@@ -74,12 +74,13 @@ class AlignmentBase(AdaptationBase):
     warmup_source_acc: float = bounded(0.5, low=0.0, high=1.0,
                                        help="...and until an epoch's source train accuracy has covered this fraction "
                                             "of the way from chance to 1 (0 = epochs only)")
-    # joint: BatchNorm over both domains from the first step, which does much of the adapting on the digit pairs;
-    # source: the warm-up learns the source at source-only's pace. Measured both: benchmarks/da/README.md.
-    warmup_batch_norm: str = choice("joint", WARMUP_BATCH_NORM,
-                                    help="During the warm-up: joint = the target batch still passes through the "
-                                         "network (BatchNorm over both domains, no domain loss); source = warm-up "
-                                         "steps are source-only steps (the target stays out until the loss starts)")
+    # source: a warm-up epoch is the source-only run's epoch (the warm-up the collapse needs, and an adapted run
+    # can differ from source-only only once its loss starts); joint: BatchNorm over both domains from the first
+    # step, which does much of the adapting on some digit pairs. Measured both: benchmarks/da/README.md.
+    warmup_batch_norm: str = choice("source", WARMUP_BATCH_NORM,
+                                    help="During the warm-up: source = warm-up steps are source-only steps (the "
+                                         "target stays out until the loss starts); joint = the target batch still "
+                                         "passes through the network (BatchNorm over both domains, no domain loss)")
     # Minimum Class Confusion (tlrun/methods/mcc.py) as a regulariser of any alignment method, on the target
     # logits; it shares the warm-up (an untrained classifier's confident guesses are not worth sharpening).
     mcc_weight: float = bounded(0.0, low=0.0,

@@ -13,10 +13,10 @@ source train accuracy covered ``warmup_source_acc`` of the way from chance to 1:
 step, a network that has not yet left its initial plateau reaches the trivial aligned solution (constant
 features: zero MMD, a discriminator at 0.5, chance accuracy on both domains). The trade-off schedule then
 runs over the remaining progress, p' = (p − p₀) / (1 − p₀). The start p₀ is a buffer, so it is
-checkpointed with the method and a resumed run continues the same schedule. By default the target batch
-still passes through the network during the warm-up (BatchNorm over both domains); with
-``warmup_batch_norm=source`` warm-up steps are source-only steps, so the warm-up ends at the source-only
-run's pace, and the method's diagnostic columns start with the domain loss.
+checkpointed with the method and a resumed run continues the same schedule. By default
+(``warmup_batch_norm=source``) warm-up steps are source-only steps, so the warm-up ends at the source-only
+run's pace and the method's diagnostic columns start with the domain loss; with ``joint`` the target batch
+still passes through the network during the warm-up (BatchNorm over both domains).
 """
 
 from __future__ import annotations

@@ -52,8 +52,9 @@ class AdaptationStep(TrainStep):
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
     domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
     (source-only) the target batch is unused. During the method's source warm-up the domain loss is 0
-    and, with ``adaptation.warmup_batch_norm=source``, the step is a source-only step (the target kept
-    out of BatchNorm too, so the source is learnt at source-only's pace). With ``adaptation.mcc_weight``
+    and, with ``adaptation.warmup_batch_norm=source`` (the default), the step is a source-only step (the target
+    kept out of BatchNorm too, so the source is learnt at source-only's pace); with ``joint`` the target batch
+    still shares BatchNorm. With ``adaptation.mcc_weight``
     > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc) after the warm-up.
     """
 
@@ -70,7 +71,7 @@ class AdaptationStep(TrainStep):
             from tlrun.methods.mcc import MinimumClassConfusionLoss
 
             self.mcc = MinimumClassConfusionLoss(float(method.cfg.mcc_temperature))
-        self.source_warmup = method is not None and method.cfg.get("warmup_batch_norm", "joint") == "source"
+        self.source_warmup = method is not None and method.cfg.get("warmup_batch_norm", "source") == "source"
         # The method's own layers (DANN's discriminator) get no gradient in a source-only warm-up step; DDP must know.
         self.find_unused_parameters = self.source_warmup and float(method.start_progress) < 0
 
