@@ -55,13 +55,18 @@ def test_da_summary_gap_closure_is_measured_against_source_only_and_oracle():
 def test_collapse_summary_pairs_each_run_with_source_only_of_its_seed(monkeypatch):
     bench = load(BENCHMARKS / "da" / "bench_collapse.py")
     accuracy = {("source_only", 0): 0.50, ("source_only", 1): 0.60, ("dann", 0): 0.55, ("dann", 1): 0.58}
-    runs = pd.DataFrame([{"target": "cvdigits", "method": m, "warmup": "none" if m == "source_only" else "default",
+    runs = pd.DataFrame([{"target": "cvdigits", "method": m, "warmup": "none" if m == "source_only" else "source",
                           "seed": seed, "status": "ok", "target_acc": acc, "target_acc_last": acc,
                           "source_test_acc": 0.9, "source_val_acc_last": 0.9, "alignment_start_epoch": 3,
                           "collapsed": False} for (m, seed), acc in accuracy.items()])
     table = bench.summarize(runs).set_index("method")
     assert table.loc["dann", "vs source-only, paired"] == "+1.5 ± 4.9 (1/2 ≥ 0)"  # +5.0 and -2.0 points
     assert table.loc["source_only", "vs source-only, paired"] == "-"
+    # Each cell names its warm-up on the command line: the table does not depend on tlrun's default.
+    keys = {warmup: [a for a in bench.command(Path("src"), ["data.target=cvdigits"], "dann", warmup, 0, 12, Path("run"))
+                     if a.startswith("adaptation.warmup")] for warmup in ("off", "joint", "source")}
+    assert keys == {"off": ["adaptation.warmup_epochs=0", "adaptation.warmup_source_acc=0"],
+                    "joint": ["adaptation.warmup_batch_norm=joint"], "source": ["adaptation.warmup_batch_norm=source"]}
     monkeypatch.setattr(sys, "argv", ["bench_collapse.py", "--cells", "dann:sometimes"])
     with pytest.raises(SystemExit) as exit_info:  # refused before any data is written
         bench.main()
@@ -85,11 +90,12 @@ def test_da_cells_of_the_new_methods_and_the_lambda_sweep_compose(tmp_path: Path
         assert {key: cfg.adaptation[key] for key in keys} == keys, method
         if name != "none":  # the committed tables align from the first step
             assert cfg.adaptation.warmup_epochs == 0 and cfg.adaptation.warmup_source_acc == 0
-        for warmup, batch_norm in (("default", "joint"), ("source", "source")):  # the methods tables' warm-ups
+        for warmup in ("source", "joint"):  # the methods tables' warm-ups, named whatever tlrun's default is
             command = bench_da.command("cvdigits", "cvdigits_m", method, 0, 2, tmp_path / method, [], warmup=warmup)
+            assert ("adaptation.warmup_batch_norm=" + warmup in command) == (name != "none"), method
             cfg = compose_config([o for o in command[command.index("tlrun") + 1:] if not o.startswith("hydra.")])
             if name != "none":
-                assert cfg.adaptation.warmup_epochs == 1 and cfg.adaptation.warmup_batch_norm == batch_norm, method
+                assert cfg.adaptation.warmup_epochs == 1 and cfg.adaptation.warmup_batch_norm == warmup, method
 
 
 def test_da_validator_table_scores_picks_and_rank_correlation(tmp_path: Path):

@@ -211,8 +211,9 @@ def main() -> int:
                         help="the optimiser recipe of every run (sgd: the DANN paper's)")
     parser.add_argument("--warmup", choices=("off", "source", "joint"), default="off",
                         help="off: every method aligns from the first step (the papers' protocol, the first table); "
-                             "source: tlrun's default warm-up (adaptation.warmup_epochs / warmup_source_acc, warm-up "
-                             "steps are source-only steps); joint: that warm-up with adaptation.warmup_batch_norm=joint")
+                             "source: tlrun's default warm-up (adaptation.warmup_epochs / warmup_source_acc, "
+                             "warm-up steps are source-only steps); "
+                             "joint: that warm-up with adaptation.warmup_batch_norm=joint")
     parser.add_argument("--extra", default="", help="more tlrun overrides for every run, space separated")
     args = parser.parse_args()
 
