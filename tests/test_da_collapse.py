@@ -126,12 +126,15 @@ def test_aligning_from_the_first_step_collapses_and_the_default_warm_up_does_not
     assert history["mmd_loss"].iloc[:warmup].eq(0).all() and history["lambda"].iloc[:warmup].eq(0).all()
     assert not history[columns].iloc[warmup:].equals(source_only[columns].iloc[warmup:])
 
-    # DANN's discriminator (dropout 0.5) draws from its own random stream: its warm-up epochs are the source-only
-    # run's too (the model's dropout masks are the same).
+    # DANN's discriminator trains during the warm-up (on the joint batch, features detached, from its own random
+    # stream), and the network's warm-up epochs are still the source-only run's, to the last digit.
     dann, dann_history, _, _ = run(tmp_path, "dann_default", root, "adaptation=dann")
     warmup = dann["alignment_start_epoch"] - 1
     assert warmup >= 1
-    pd.testing.assert_frame_equal(dann_history[columns].iloc[:warmup], source_only[columns].iloc[:warmup])
+    trained = ["train_acc", "val_loss", "val_acc", "target_acc"]  # DANN's train_loss adds its discriminator's BCE
+    pd.testing.assert_frame_equal(dann_history[trained].iloc[:warmup], source_only[trained].iloc[:warmup])
+    assert dann_history["domain_acc"].iloc[:warmup].notna().all() and dann_history["lambda"].iloc[:warmup].eq(0).all()
+    assert (dann_history["train_loss"] > dann_history["cls_loss"]).iloc[:warmup].all()  # the BCE was trained on
 
     # adaptation.warmup_batch_norm=joint: the target batch shares BatchNorm during the warm-up, which moves the
     # trajectory away from source-only's; it does not collapse either, and it trains the network exactly as for
@@ -143,6 +146,5 @@ def test_aligning_from_the_first_step_collapses_and_the_default_warm_up_does_not
                                                "adaptation.warmup_batch_norm=joint")
     both_warm = min(dann_joint["alignment_start_epoch"], mmd_joint["alignment_start_epoch"]) - 1
     assert both_warm >= 1
-    trained = ["train_acc", "val_loss", "val_acc", "target_acc"]  # DANN's train_loss adds its discriminator's BCE
     pd.testing.assert_frame_equal(dann_joint_history[trained].iloc[:both_warm],
                                   mmd_joint_history[trained].iloc[:both_warm])

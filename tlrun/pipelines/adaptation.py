@@ -8,8 +8,9 @@ selected by source validation accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -72,8 +73,9 @@ class AdaptationStep(TrainStep):
 
             self.mcc = MinimumClassConfusionLoss(float(method.cfg.mcc_temperature))
         self.source_warmup = method is not None and method.cfg.get("warmup_batch_norm", "source") == "source"
-        # The method's own layers (DANN's discriminator) get no gradient in a source-only warm-up step; DDP must know.
-        self.find_unused_parameters = self.source_warmup and float(method.start_progress) < 0
+        # A method with layers of its own (DANN's, CDAN's discriminator) trains them during a source warm-up too, so
+        # that they are not the "noisy early discriminator" (Ganin et al. 2016) when the features start to follow.
+        self.trains_during_warmup = self.source_warmup and any(p.requires_grad for p in method.parameters())
 
     def source_step(self, source_images: torch.Tensor, source_labels: torch.Tensor) -> StepOutput:
         """Cross-entropy on the source batch alone: source-only training, and the method's warm-up."""
@@ -93,6 +95,9 @@ class AdaptationStep(TrainStep):
         source_labels = self.placement.labels(source_labels)
         warming_up = self.method is not None and self.method.aligned_progress(progress) is None
         if self.method is None or (warming_up and self.source_warmup):
+            if self.trains_during_warmup:
+                return self.warmup_step_training_the_method(source_images, source_labels,
+                                                            self.placement.images(target_images), progress)
             return self.source_step(source_images, source_labels)
         target_images = self.placement.images(target_images)
         count = len(source_images)
@@ -111,6 +116,37 @@ class AdaptationStep(TrainStep):
             logs["mcc_loss"] = mcc_loss.item()
             loss = loss + mcc_loss
         return StepOutput(loss, logits, source_labels, logs)
+
+
+    def warmup_step_training_the_method(self, source_images: torch.Tensor, source_labels: torch.Tensor,
+                                        target_images: torch.Tensor, progress: float) -> StepOutput:
+        """A source warm-up step that also trains the method's own layers. First the joint batch goes through
+        the network without gradient, with its buffers (BatchNorm's running statistics) and every random stream
+        put back afterwards (before the step's own forward, whose backward needs those buffers unmodified);
+        then the source-only step, exactly as source-only takes it. The method's loss on the detached features
+        (its weight is 0 in the warm-up: DANN's reversal passes nothing back) reaches only its own layers."""
+        count = len(source_images)
+        with torch.no_grad(), unchanged_network(self.model):
+            logits_all = self.model(torch.cat([source_images, target_images]))
+            features = self.tap.features if self.align_on == "pooled" else logits_all
+        out = self.source_step(source_images, source_labels)
+        with self.method.random_stream(features.device):
+            domain_loss, stats = self.method(DomainBatch(features[:count], logits_all[:count]),
+                                             DomainBatch(features[count:], logits_all[count:]), progress)
+        logs = {**out.logs, self.method.loss_name: domain_loss.item(), **stats}
+        return StepOutput(out.loss + domain_loss, out.logits, out.targets, logs)
+
+
+@contextlib.contextmanager
+def unchanged_network(model: nn.Module) -> Iterator[None]:
+    """Run the block (a forward pass in train mode) and put back what it changed outside autograd: the
+    model's buffers (BatchNorm's running statistics and counters) and the global random streams (dropout)."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    with isolated_rng():
+        yield
+    with torch.no_grad():
+        for buffer, value in saved:
+            buffer.copy_(value)
 
 
 def feature_spread(features: torch.Tensor) -> float:
