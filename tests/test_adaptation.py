@@ -202,6 +202,47 @@ def test_a_method_draws_its_random_numbers_from_its_own_stream():
     assert torch.equal(torch.get_rng_state(), run_stream)
 
 
+def test_a_source_warm_up_step_trains_the_discriminator_and_leaves_the_network_step_source_only():
+    """In the default warm-up the network's gradients, BatchNorm statistics and random numbers are exactly a
+    source-only step's; DANN's discriminator gets a gradient from the joint batch's features meanwhile."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from tlrun.engine import Placement
+    from tlrun.methods.dann import DannConfig
+    from tlrun.pipelines.adaptation import AdaptationStep, build_method
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(5, 3))
+    cfg = OmegaConf.structured(DannConfig(method="dann", discriminator_width=8))
+    placement = Placement(torch.device("cpu"))
+    source, labels, target = torch.randn(8, 6), torch.randint(0, 3, (8,)), torch.randn(8, 6) + 3
+
+    def warm_up_step(method):
+        net = copy.deepcopy(model).train()
+        tap = FeatureTap(net, "4")
+        step = AdaptationStep(net, tap, placement, method)
+        torch.manual_seed(1)
+        out = step(((source, labels), (target, torch.zeros(8, dtype=torch.long))), 0.1)
+        out.loss.backward()
+        return net, out, torch.get_rng_state()
+
+    reference, reference_out, reference_rng = warm_up_step(None)  # source-only
+    method = build_method(cfg, feature_dim=5, num_classes=3).train()
+    assert float(method.start_progress) < 0  # warming up
+    net, out, rng = warm_up_step(method)
+    assert torch.equal(rng, reference_rng)  # the extra pass drew no random numbers from the run's stream
+    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    for (name, a), b in zip(net.named_buffers(), reference.buffers()):
+        assert torch.equal(a, b), name  # running statistics of the source batch alone
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters() if p.dim() > 1)
+    assert out.logs["lambda"] == 0.0 and 0.0 <= out.logs["domain_acc"] <= 1.0
+    assert out.loss.item() > reference_out.loss.item()  # the discriminator's BCE is part of the step's loss
+
+
 def test_an_interrupted_dann_run_resumes_bit_exactly(tmp_path: Path, monkeypatch):
     """The discriminator's dropout stream is checkpointed with it: SIGTERM after epoch 2, train.resume=auto,
     and the history and weights equal an uninterrupted run's."""

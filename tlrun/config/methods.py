@@ -78,9 +78,10 @@ class AlignmentBase(AdaptationBase):
     # can differ from source-only only once its loss starts); joint: BatchNorm over both domains from the first
     # step, which does much of the adapting on some digit pairs. Measured both: benchmarks/da/README.md.
     warmup_batch_norm: str = choice("source", WARMUP_BATCH_NORM,
-                                    help="During the warm-up: source = warm-up steps are source-only steps (the "
-                                         "target stays out until the loss starts); joint = the target batch still "
-                                         "passes through the network (BatchNorm over both domains, no domain loss)")
+                                    help="During the warm-up: source = the network takes source-only steps (the "
+                                         "target stays out of it until the loss starts; a discriminator trains on "
+                                         "the side); joint = the target batch still passes through the network "
+                                         "(BatchNorm over both domains, no domain loss)")
     # Minimum Class Confusion (tlrun/methods/mcc.py) as a regulariser of any alignment method, on the target
     # logits; it shares the warm-up (an untrained classifier's confident guesses are not worth sharpening).
     mcc_weight: float = bounded(0.0, low=0.0,

@@ -14,9 +14,11 @@ step, a network that has not yet left its initial plateau reaches the trivial al
 features: zero MMD, a discriminator at 0.5, chance accuracy on both domains). The trade-off schedule then
 runs over the remaining progress, p' = (p − p₀) / (1 − p₀). The start p₀ is a buffer, so it is
 checkpointed with the method and a resumed run continues the same schedule. By default
-(``warmup_batch_norm=source``) warm-up steps are source-only steps, so the warm-up ends at the source-only
-run's pace and the method's diagnostic columns start with the domain loss; with ``joint`` the target batch
-still passes through the network during the warm-up (BatchNorm over both domains).
+(``warmup_batch_norm=source``) the network's warm-up steps are source-only steps, so the warm-up ends at the
+source-only run's pace; a method with layers of its own (a discriminator) trains them meanwhile on features of
+the joint batch from a forward pass that leaves the network untouched, so that it is not the noisy early
+discriminator when the features start to follow. With ``joint`` the target batch passes through the network
+during the warm-up (BatchNorm over both domains).
 """
 
 from __future__ import annotations

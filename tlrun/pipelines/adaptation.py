@@ -53,9 +53,9 @@ class AdaptationStep(TrainStep):
     Source and target go through the network in one concatenated batch, so BatchNorm sees both
     domains (as in DANN/DAN); the method gets each half's features and logits. Without a method
     (source-only) the target batch is unused. During the method's source warm-up the domain loss is 0
-    and, with ``adaptation.warmup_batch_norm=source`` (the default), the step is a source-only step (the target
-    kept out of BatchNorm too, so the source is learnt at source-only's pace); with ``joint`` the target batch
-    still shares BatchNorm. With ``adaptation.mcc_weight``
+    and, with ``adaptation.warmup_batch_norm=source`` (the default), the network's step is a source-only step
+    (the target kept out of BatchNorm too, so the source is learnt at source-only's pace) while the method's own
+    layers, if it has any, train on the side; with ``joint`` the target batch still shares BatchNorm. With ``adaptation.mcc_weight``
     > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc) after the warm-up.
     """
 
