@@ -55,8 +55,9 @@ class AdaptationStep(TrainStep):
     (source-only) the target batch is unused. During the method's source warm-up the domain loss is 0
     and, with ``adaptation.warmup_batch_norm=source`` (the default), the network's step is a source-only step
     (the target kept out of BatchNorm too, so the source is learnt at source-only's pace) while the method's own
-    layers, if it has any, train on the side; with ``joint`` the target batch still shares BatchNorm. With ``adaptation.mcc_weight``
-    > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc) after the warm-up.
+    layers, if it has any, train on the side; with ``joint`` the target batch still shares BatchNorm. With
+    ``adaptation.mcc_weight`` > 0 the step also adds that weight x MCC of the target logits (tlrun.methods.mcc)
+    after the warm-up.
     """
 
     def __init__(self, model: nn.Module, tap: FeatureTap, placement: Placement, method: Optional[Alignment],
