@@ -342,6 +342,36 @@ def test_collapse_detector_names_the_trivial_solution_and_the_fixes():
     assert collapsed(noisy.assign(train_acc=[0.11, 0.1, 0.1, 0.25]), 10) is None
 
 
+def test_a_warm_up_that_lasts_the_whole_run_is_reported_in_one_line(caplog):
+    """The domain loss never acted, whether the threshold was never reached or reached only in the last epoch
+    (the loss would start after the run); a run whose loss did act is not reported."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from tlrun.methods.mmd import MmdConfig
+    from tlrun.pipelines.adaptation import build_method
+
+    method = build_method(OmegaConf.structured(MmdConfig(method="mmd")), feature_dim=4, num_classes=10)
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_acc": [0.1, 0.2, 0.3], "lambda": [0.0, 0.0, 0.0],
+                            "feature_std": [1.0, 1.0, 1.0]})
+    for row, expected in ((history.iloc[-1], "in no epoch"), (history.iloc[-1].copy(), "only in the last epoch")):
+        if expected == "only in the last epoch":
+            row["train_acc"] = 0.6
+            method.end_epoch(row.to_dict(), epochs=3)  # the threshold met after the last epoch: p0 = 1
+            assert float(method.start_progress) == 1.0
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            method.check_history(history)
+        (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert "never started" in record.getMessage() and expected in record.getMessage()
+        assert "adaptation.warmup_source_acc" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        method.check_history(history.assign(**{"lambda": [0.0, 0.5, 0.9], "train_acc": [0.3, 0.7, 0.9]}))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_label_free_validators_match_direct_computations():
     from tlrun.methods import validators
 

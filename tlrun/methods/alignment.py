@@ -181,11 +181,12 @@ class Alignment(nn.Module):
         if history.empty:
             return
         aligned = history[history["lambda"] > 0] if "lambda" in history else history.iloc[0:0]
-        if aligned.empty and float(self.start_progress) < 0:
-            log.warning("The domain loss never started: source train accuracy stayed below the warm-up's "
-                        "threshold (adaptation.warmup_source_acc=%g, best %.3f); the run is source-only. Train "
-                        "longer, raise train.lr, or lower adaptation.warmup_source_acc.",
-                        float(self.cfg.warmup_source_acc), float(history["train_acc"].max()))
+        start = float(self.start_progress)
+        if aligned.empty and (start < 0 or start >= 1):  # >= 1: the warm-up ended with the last epoch
+            log.warning("The domain loss never started: source train accuracy reached the warm-up's threshold "
+                        "(adaptation.warmup_source_acc=%g, best %.3f) %s; the run is source-only. Train longer, "
+                        "raise train.lr, or lower adaptation.warmup_source_acc.", float(self.cfg.warmup_source_acc),
+                        float(history["train_acc"].max()), "only in the last epoch" if start >= 1 else "in no epoch")
             return
         collapse = collapsed(history, self.num_classes)
         if collapse:
