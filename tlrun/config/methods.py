@@ -76,7 +76,7 @@ class AlignmentBase(AdaptationBase):
                                             "of the way from chance to 1 (0 = epochs only)")
     # source: a warm-up epoch is the source-only run's epoch (the warm-up the collapse needs, and an adapted run
     # can differ from source-only only once its loss starts); joint: BatchNorm over both domains from the first
-    # step, which does much of the adapting on some digit pairs. Measured both: benchmarks/da/README.md.
+    # step. Level within the seeds' noise on the benchmark pairs: benchmarks/da/README.md.
     warmup_batch_norm: str = choice("source", WARMUP_BATCH_NORM,
                                     help="During the warm-up: source = the network takes source-only steps (the "
                                          "target stays out of it until the loss starts; a discriminator trains on "
