@@ -143,11 +143,13 @@ def unchanged_network(model: nn.Module) -> Iterator[None]:
     """Run the block (a forward pass in train mode) and put back what it changed outside autograd: the
     model's buffers (BatchNorm's running statistics and counters) and the global random streams (dropout)."""
     saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
-    with isolated_rng():
-        yield
-    with torch.no_grad():
-        for buffer, value in saved:
-            buffer.copy_(value)
+    try:
+        with isolated_rng():
+            yield
+    finally:  # also when the block raises: a caller that catches it still has the network it had
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def feature_spread(features: torch.Tensor) -> float:
