@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import make_image_folder
 from tlrun.config import DataConfig
-from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS
-from tlrun.data.splits import load_run_data
+from tlrun.data.sources import FASHION_DIRS, OPENCV_DIGITS, ImageSet
+from tlrun.data.splits import load_run_data, read_split_table, split_rows
 from tlrun.data.transforms import ImageGeometry, build_transform, is_deterministic
 from tlrun.errors import ConfigError, DataError
 
@@ -139,3 +139,15 @@ def test_small_image_folders_are_decoded_once_into_a_uint8_store(tmp_path: Path,
     assert ImageDataset(stored, build_transform(geometry, augment, train=True))[0][0].shape == (3, 24, 24)
     # Over the limit (or data.in_memory_max_mb=0): the files stream, decoded on access.
     assert in_memory(images, geometry, max_mb=0) is images
+
+
+def test_split_csv_reads_back_ids_that_look_like_missing_values(tmp_path: Path):
+    """A sample or class named "NA", "null" or "" is that name in split.csv, not a missing value: predict's
+    split:<name> check compares these ids with the rebuilt split's."""
+    ids, classes = ["NA", "null", "", "N/A", "7"], ["NA", "None"]
+    samples = ImageSet(labels=np.array([0, 1, 0, 1, 0]), ids=ids)
+    split_rows("test", samples, classes).to_csv(tmp_path / "split.csv", index=False)
+    table = read_split_table(tmp_path / "split.csv")
+    assert table["sample"].tolist() == ids
+    assert table["class"].tolist() == ["NA", "None", "NA", "None", "NA"]
+    assert table["label"].tolist() == [0, 1, 0, 1, 0]

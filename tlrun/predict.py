@@ -22,7 +22,7 @@ from tlrun.artifacts import LoadedModel, load_run_model
 from tlrun.data.datasets import ImageDataset
 from tlrun.data.imagefolder import IMAGE_EXTENSIONS, check_image
 from tlrun.data.sources import ImageSet
-from tlrun.data.splits import SPLITS, load_run_data, split_rows
+from tlrun.data.splits import SPLITS, load_run_data, read_split_table, split_rows
 from tlrun.data.text import TextDataset, TextSet, tokenize
 from tlrun.models.text import TextInput
 from tlrun.engine import Placement
@@ -218,7 +218,7 @@ def _run_split(split: str, member: Member) -> Images:
     run_dir = member.source if member.source.is_dir() else member.source.parent
     recorded = run_dir / "split.csv"
     if recorded.is_file():  # the rebuilt split must be the one the run used
-        table = pd.read_csv(recorded, dtype={"sample": str, "text_sha256": str})
+        table = read_split_table(recorded)
         table = table[table["split"] == split]
         now = split_rows(split, images, data.classes)
         columns = [c for c in ("sample", "label", "text_sha256") if c in table and c in now]

@@ -46,6 +46,13 @@ def split_rows(split: str, samples: ImageSet, classes: list[str]) -> pd.DataFram
     return table
 
 
+def read_split_table(path: Path | str) -> pd.DataFrame:
+    """A run's split.csv as written: ids are text, so a sample named "NA", "null" or "" stays that id (pandas'
+    default would read them as missing values)."""
+    return pd.read_csv(path, dtype={"split": str, "sample": str, "class": str, "text_sha256": str},
+                       keep_default_na=False)
+
+
 def text_sha256(text: str) -> str:
     """A short content digest of one text (split.csv's text_sha256)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
