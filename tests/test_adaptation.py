@@ -243,6 +243,25 @@ def test_a_source_warm_up_step_trains_the_discriminator_and_leaves_the_network_s
     assert out.loss.item() > reference_out.loss.item()  # the discriminator's BCE is part of the step's loss
 
 
+@needs_cvdigits
+def test_grad_clip_clips_the_network_apart_from_the_discriminator(tmp_path: Path):
+    """With train.grad_clip the network's gradient norm is clipped without the discriminator's: a DANN run
+    still in its source warm-up (threshold never reached) trains the network exactly as source-only does."""
+    clip = ["train.grad_clip=0.05", "train.scheduler=none"]
+    weights = {}
+    for method, extra in (("none", []), ("dann", ["adaptation.warmup_source_acc=1"])):
+        result = run_tlrun([f"adaptation={method}", *DA_TINY, *clip, *extra, f"hydra.run.dir={tmp_path / method}"],
+                           tmp_path)
+        assert result.returncode == 0, result.stderr
+        state = torch.load(tmp_path / method / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        weights[method] = state["model"]
+    assert weights["dann"].keys() == weights["none"].keys()
+    for name, value in weights["none"].items():
+        assert torch.equal(weights["dann"][name], value), name
+    history = pd.read_csv(tmp_path / "dann" / "ft_history.csv")
+    assert history["lambda"].eq(0).all() and history["domain_acc"].notna().all()  # the discriminator trained
+
+
 def test_an_interrupted_dann_run_resumes_bit_exactly(tmp_path: Path, monkeypatch):
     """The discriminator's dropout stream is checkpointed with it: SIGTERM after epoch 2, train.resume=auto,
     and the history and weights equal an uninterrupted run's."""

@@ -302,7 +302,12 @@ class Engine:
         self._set_train_mode(epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         extra_sums: dict[str, float] = {}
+        # The network's gradient norm is clipped apart from a method's own layers' (a discriminator): what they
+        # learn does not scale the network's step (in a source warm-up that step stays source-only's).
+        own = {id(p) for p in self.auxiliary.parameters()} if self.auxiliary is not None else set()
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip_groups = [group for group in ([p for p in trainable if id(p) not in own],
+                                           [p for p in trainable if id(p) in own]) if group]
         for loader in (self.train_loader, getattr(self.train_loader, "source", None),
                        getattr(self.train_loader, "target", None)):
             if hasattr(getattr(loader, "sampler", None), "set_epoch"):  # torchrun: a new shard order per epoch
@@ -326,7 +331,8 @@ class Engine:
             self.scaler.scale(out.loss).backward()  # DDP averages the gradients over ranks here
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(trainable, self.grad_clip)
+                for group in clip_groups:
+                    nn.utils.clip_grad_norm_(group, self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()

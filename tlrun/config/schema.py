@@ -312,7 +312,8 @@ class TrainConfig:
     gamma: float = bounded(0.1, low=0.0, low_open=True, help="scheduler=step: decay factor")
     label_smoothing: float = bounded(0.0, low=0.0, high=1.0, help="Label smoothing of the cross-entropy (0 = none)")
     grad_clip: Optional[float] = bounded(None, low=0.0, low_open=True,
-                                         help="Clip the gradients' global norm to this value; null = no clipping")
+                                         help="Clip the gradients' global norm to this value (the network's, and a "
+                                         "method's own layers' apart, e.g. DANN's discriminator); null = no clipping")
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig, metadata={
         "help": "Stop training when val_acc stops improving"})
     progress: str = choice("auto", ("auto", "rich", "plain", "none"),
